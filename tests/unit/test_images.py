@@ -1,0 +1,89 @@
+"""Image decoding: exotic but valid modes are converted; hostile bytes get a reason."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from worker.images import REASON_DECODE, REASON_TOO_LARGE, ImageError, ImageLimits, decode_image
+
+
+def encode(image: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+RGB = np.random.default_rng(0).integers(0, 256, (24, 32, 3), dtype=np.uint8)
+
+
+def test_png_round_trips_exactly():
+    out = decode_image(encode(Image.fromarray(RGB), "PNG"))
+    np.testing.assert_array_equal(out, RGB)
+
+
+@pytest.mark.parametrize(
+    "mode, fmt",
+    [("CMYK", "JPEG"), ("P", "PNG"), ("RGBA", "PNG"), ("L", "PNG"), ("LA", "PNG"), ("RGB", "WEBP"), ("P", "GIF")],
+)
+def test_exotic_modes_become_rgb(mode, fmt):
+    out = decode_image(encode(Image.fromarray(RGB).convert(mode), fmt))
+    assert out.dtype == np.uint8 and out.shape == (24, 32, 3)
+
+
+def test_rgba_keeps_colour_pixels():
+    rgba = np.dstack([RGB, np.full(RGB.shape[:2], 10, np.uint8)])
+    np.testing.assert_array_equal(decode_image(encode(Image.fromarray(rgba), "PNG")), RGB)
+
+
+def test_sixteen_bit_grey_is_scaled_not_saturated():
+    grey16 = (np.arange(24 * 32, dtype=np.uint16).reshape(24, 32) * 80).astype(np.uint16)
+    out = decode_image(encode(Image.fromarray(grey16), "PNG"))
+    assert out.shape == (24, 32, 3)
+    np.testing.assert_array_equal(out[..., 0], np.round(grey16 / 65535 * 255).astype(np.uint8))
+    assert len(np.unique(out)) > 200  # not clipped to white
+
+
+def test_animated_gif_takes_first_frame():
+    frames = [Image.fromarray(np.full((16, 16, 3), v, np.uint8)) for v in (0, 255)]
+    buf = io.BytesIO()
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:])
+    assert decode_image(buf.getvalue()).max() == 0
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A tiny PNG whose header declares a huge image (a decompression bomb)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        (b"", REASON_DECODE),
+        (b"hello, not an image", REASON_DECODE),
+        (encode(Image.fromarray(RGB), "PNG")[:60], REASON_DECODE),
+        (encode(Image.fromarray(RGB), "JPEG")[:200], REASON_DECODE),
+        (encode(Image.fromarray(RGB[:1, :1]), "PNG"), REASON_DECODE),
+        (png_declaring(100_000, 100_000), REASON_TOO_LARGE),
+    ],
+    ids=["empty", "text", "truncated-png", "truncated-jpeg", "1x1", "bomb"],
+)
+def test_bad_bytes_get_a_reason(data, reason):
+    with pytest.raises(ImageError) as info:
+        decode_image(data)
+    assert info.value.reason == reason
+
+
+def test_byte_limit():
+    data = encode(Image.fromarray(RGB), "PNG")
+    with pytest.raises(ImageError) as info:
+        decode_image(data, ImageLimits(max_bytes=len(data) - 1))
+    assert info.value.reason == REASON_TOO_LARGE

@@ -1,0 +1,93 @@
+"""Image bytes → RGB uint8 pixels, with limits checked before any pixel is decoded.
+
+Uploads are hostile by default: a few hundred bytes can declare a 100 000² image (a
+decompression bomb), and valid images come in modes a scorer cannot take directly (CMYK, palette,
+16-bit grey, alpha, animation). `decode_image` either returns the RGB array that is scored or
+raises `ImageError` with a short machine-readable `reason` that the dead-letter topic carries.
+No global PIL setting is changed.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+# Reasons are part of the dead-letter contract (docs and dashboards group by them).
+REASON_TOO_LARGE = "too_large"
+REASON_DECODE = "decode"
+
+
+class ImageError(ValueError):
+    """The bytes are not an image we will score; `reason` is a stable short code."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    max_bytes: int = 20 * 1024 * 1024
+    max_pixels: int = 40_000_000
+    min_side: int = 8
+
+
+def decode_image(data: bytes, limits: ImageLimits = ImageLimits()) -> np.ndarray:
+    """Decode the first frame of an image to RGB uint8 (H, W, 3), or raise `ImageError`."""
+    from PIL import Image, UnidentifiedImageError
+
+    if len(data) > limits.max_bytes:
+        raise ImageError(REASON_TOO_LARGE, f"image is {len(data)} bytes; limit {limits.max_bytes}")
+    if not data:
+        raise ImageError(REASON_DECODE, "image is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                width, height = im.size
+                if width * height > limits.max_pixels:
+                    raise ImageError(
+                        REASON_TOO_LARGE,
+                        f"image declares {width}×{height} pixels; limit {limits.max_pixels}",
+                    )
+                if min(width, height) < limits.min_side:
+                    raise ImageError(
+                        REASON_DECODE, f"image is {width}×{height}; both sides must be ≥ {limits.min_side}"
+                    )
+                im.seek(0)
+                return _to_rgb(im)
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(REASON_TOO_LARGE, f"decompression bomb refused: {exc}") from None
+    except UnidentifiedImageError:
+        raise ImageError(REASON_DECODE, "not a recognised image format") from None
+    except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as exc:
+        raise ImageError(REASON_DECODE, f"corrupt image: {exc}") from None
+
+
+def _to_rgb(im) -> np.ndarray:
+    """Convert any PIL mode to RGB uint8 without resampling."""
+    mode = im.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        # 16/32-bit grey: PIL's convert("RGB") saturates; scale to 8 bits instead.
+        arr = np.asarray(im, dtype=np.uint32 if mode == "I" else np.uint16)
+        top = 65535 if mode != "I" or arr.max() > 255 else 255
+        arr8 = np.round(arr.astype(np.float64) * (255.0 / top)).clip(0, 255).astype(np.uint8)
+        return np.ascontiguousarray(np.stack([arr8] * 3, axis=-1))
+    if mode == "F":
+        arr = np.nan_to_num(np.asarray(im, dtype=np.float64))
+        scale = 255.0 if arr.max(initial=0.0) <= 1.0 else 1.0
+        arr8 = np.round(arr * scale).clip(0, 255).astype(np.uint8)
+        return np.ascontiguousarray(np.stack([arr8] * 3, axis=-1))
+    if mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+    if im.mode != "RGB":
+        im = im.convert("RGB")  # CMYK, L, LA, RGBA (alpha dropped), YCbCr, palette …
+    arr = np.asarray(im, dtype=np.uint8)
+    if arr.ndim != 3 or arr.shape[2] != 3:
+        raise ImageError(REASON_DECODE, f"unexpected decoded shape {arr.shape}")
+    return np.ascontiguousarray(arr)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from typing import Sequence
 
@@ -52,12 +53,36 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--plot", default=None, help="PNG of the score distributions and τ")
     cal.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    serve = sub.add_parser("serve", help="run the stream worker")
+    serve.add_argument("--config", default=None, help="TOML settings (AEDR_<SECTION>__<KEY> overrides)")
+    serve.add_argument("--log-level", default="INFO")
+
+    demo = sub.add_parser("demo", help="run the whole system locally: broker, worker, database, report")
+    demo.add_argument("--database-url", default=None, help="default: SQLite in a temporary directory")
+    demo.add_argument("--per-model", type=int, default=30, help="generated images per zoo model")
+    demo.add_argument("--real", type=int, default=60, help="real photo crops")
+    demo.add_argument("--metrics-port", type=int, default=None)
+    demo.add_argument("--timeout", type=float, default=300.0)
+
+    db = sub.add_parser("db", help="database administration")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    up = db_sub.add_parser("upgrade", help="apply Alembic migrations")
+    up.add_argument("--config", default=None, help="TOML settings (database.url)")
+    up.add_argument("--database-url", default=None, help="overrides the config")
+
     return parser
 
 
 def _fail(message: str) -> int:
     print(f"aedr: error: {message}", file=sys.stderr)
     return EXIT_USAGE
+
+
+def _check_tile(models, tile: int | None) -> str | None:
+    for model in models:
+        if tile is not None and (tile < model.spatial_factor or tile % model.spatial_factor):
+            return f"--tile {tile} must be a positive multiple of {model.name}'s spatial factor {model.spatial_factor}"
+    return None
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
@@ -70,6 +95,8 @@ def _cmd_score(args: argparse.Namespace) -> int:
         load_autoencoder(m, subfolder=args.subfolder, kind=args.kind, name=m, device=args.device, dtype=args.dtype)
         for m in args.model
     ]
+    if problem := _check_tile(models, args.tile):
+        return _fail(problem)
     calibrations = [Calibration.load(path) for path in args.calibration]
     by_hash = {c.weights_sha256: c for c in calibrations}
     unmatched = [c.model for c in calibrations if c.weights_sha256 not in {m.weights_sha256 for m in models}]
@@ -97,6 +124,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         return _fail("give either --alpha or --validation/--negatives, not both")
     model = load_autoencoder(args.model, subfolder=args.subfolder, kind=args.kind, name=args.model,
                              device=args.device, dtype=args.dtype)
+    if problem := _check_tile([model], args.tile):
+        return _fail(problem)
     calibration, sets = calibrate(model, args.images, args.alpha, args.validation, args.negatives,
                                   args.batch_size, args.tile, progress=not args.quiet)
     calibration.save(args.out)
@@ -108,15 +137,59 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .config import load_settings
+    from .service import Service
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = load_settings(args.config)
+    service = Service(settings)
+    service.install_signal_handlers()
+    try:
+        service.run()
+    finally:
+        service.close()
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    logging.basicConfig(level="WARNING", format="%(levelname)s %(name)s: %(message)s")
+    return run_demo(args.per_model, args.real, args.database_url, args.metrics_port, args.timeout)
+
+
+def _cmd_db(args: argparse.Namespace) -> int:
+    from .config import load_settings, mask_url
+    from .storage import upgrade
+
+    url = args.database_url or load_settings(args.config).database.resolved_url()
+    upgrade(url)
+    print(f"aedr: database {mask_url(url)} is at the latest migration", file=sys.stderr)
+    return 0
+
+
+def _quiet_libraries() -> None:
+    """diffusers warns about optional packages (accelerate) on every load: noise for our users."""
+    try:
+        from diffusers.utils import logging as diffusers_logging
+
+        diffusers_logging.set_verbosity_error()
+    except ImportError:
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from .calibration import CalibrationError
+    from .config import ConfigError
     from .models import ModelNotFound
 
     args = build_parser().parse_args(argv)
-    handlers = {"score": _cmd_score, "calibrate": _cmd_calibrate}
+    _quiet_libraries()
+    handlers = {"score": _cmd_score, "calibrate": _cmd_calibrate, "serve": _cmd_serve, "demo": _cmd_demo, "db": _cmd_db}
     try:
         return handlers[args.command](args)
-    except (ModelNotFound, CalibrationError) as exc:
+    except (ModelNotFound, CalibrationError, ConfigError) as exc:
         return _fail(str(exc))
     except KeyboardInterrupt:
         return 130

@@ -87,7 +87,7 @@ def _to_rgb(im) -> np.ndarray:
         im = im.convert("RGBA")
     if im.mode != "RGB":
         im = im.convert("RGB")  # CMYK, L, LA, RGBA (alpha dropped), YCbCr, palette …
-    arr = np.asarray(im, dtype=np.uint8)
+    arr = np.array(im, dtype=np.uint8)  # a writable copy, not PIL's read-only view
     if arr.ndim != 3 or arr.shape[2] != 3:
         raise ImageError(REASON_DECODE, f"unexpected decoded shape {arr.shape}")
     return np.ascontiguousarray(arr)

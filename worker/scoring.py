@@ -100,6 +100,8 @@ def to_tensor(image: np.ndarray) -> torch.Tensor:
     """RGB uint8 (H, W, 3) → float32 (3, H, W) in [−1, 1]."""
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected RGB uint8 (H, W, 3), got {image.dtype} {image.shape}")
+    if not image.flags.writeable:  # torch.from_numpy warns on read-only arrays (PIL gives them)
+        image = image.copy()
     x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).to(torch.float32)
     return x / 127.5 - 1.0
 

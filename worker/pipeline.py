@@ -1,0 +1,400 @@
+"""The stream worker: consume → prepare → micro-batch → score → store → alert/dead-letter → commit.
+
+Delivery is at least once and nothing is lost:
+- offsets are committed only after the batch's rows are committed in the database and its
+  alerts and dead letters are acknowledged by the broker; writes are idempotent, so a batch
+  that comes again after a crash or rebalance changes nothing;
+- one batch is scored at a time, on its own thread, while the consumer thread keeps polling (and
+  preparing the next batch on a bounded pool); partitions are paused while `max_buffered`
+  events wait, so a slow batch never starves `max.poll.interval.ms` nor grows memory;
+- a bad event becomes a dead letter with a reason and a `failed` row; the worker goes on;
+- a store or broker failure is retried with backoff, polling (paused) all the while;
+- on revoke and on stop, the in-flight batch is finished and committed, buffered events are
+  dropped (their offsets were not committed, so the next owner gets them).
+
+Kafka objects are used only through the few methods below (kafka-python's KafkaConsumer and
+KafkaProducer have them); everything else is plain Python, testable without a broker.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable, Protocol, Sequence
+
+from .config import BatchSettings, DatabaseSettings
+from .events import DECODE, InvalidEvent, UploadEvent, alert_message, decode_b64_image, decode_event, event_id_hint
+from .fetch import Fetcher
+from .images import ImageError, ImageLimits, decode_image
+from .metrics import Metrics
+from .scoring import ImageTooSmall
+from .storage import EventOutcome, Store
+from .watchlist import PreparedImage, Watchlist
+
+log = logging.getLogger(__name__)
+
+
+class Consumer(Protocol):
+    def poll(self, timeout_ms: int = 0, max_records: int | None = None) -> dict: ...
+    def pause(self, *partitions) -> None: ...
+    def resume(self, *partitions) -> None: ...
+    def assignment(self) -> set: ...
+    def commit(self, offsets: dict | None = None) -> None: ...
+    def highwater(self, partition) -> int | None: ...
+
+
+class Producer(Protocol):
+    def send(self, topic: str, value: bytes | None = None, key: bytes | None = None, headers: list | None = None) -> Any: ...
+    def flush(self, timeout: float | None = None) -> None: ...
+
+
+@dataclass(frozen=True)
+class Topics:
+    alerts: str
+    dlq: str
+
+
+@dataclass
+class Prepared:
+    event: UploadEvent | None = None
+    image: PreparedImage | None = None
+    error: InvalidEvent | None = None
+
+
+@dataclass
+class Pending:
+    """One consumed message on its way through the pipeline."""
+
+    record: Any  # kafka ConsumerRecord: topic, partition, offset, key, value, headers
+    received: float  # monotonic
+    received_at: datetime
+    prepared: Future
+
+
+@dataclass
+class InFlight:
+    """The batch being scored or completed; completion is retried until it succeeds."""
+
+    items: list[Pending]
+    scored: Future  # -> list[list[Scores] | None], aligned with items
+    outcomes: list[EventOutcome] | None = None
+    messages: list[tuple[str, bytes, bytes | None, list]] | None = None
+    stored: bool = False
+    produced: bool = False
+    attempts: int = 0
+    retry_at: float = 0.0
+
+
+def _tp(record: Any) -> Any:
+    from kafka import TopicPartition
+
+    return TopicPartition(record.topic, record.partition)
+
+
+@dataclass
+class Worker:
+    consumer: Consumer
+    producer: Producer
+    store: Store
+    watchlist: Watchlist
+    fetcher: Fetcher
+    metrics: Metrics
+    topics: Topics
+    batch: BatchSettings = field(default_factory=BatchSettings)
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    image_limits: ImageLimits = field(default_factory=ImageLimits)
+    clock: Callable[[], float] = time.monotonic
+    tp_factory: Callable[[Any], Any] = _tp
+
+    def __post_init__(self) -> None:
+        self._buffer: deque[Pending] = deque()
+        self._inflight: InFlight | None = None
+        self._paused = False
+        self._stop = threading.Event()
+        self._committed: dict[Any, int] = {}
+        self._prepare_pool = ThreadPoolExecutor(self.batch.prepare_threads, thread_name_prefix="prepare")
+        self._score_pool = ThreadPoolExecutor(1, thread_name_prefix="score")
+        self.metrics.batch_max_size.set(self.batch.max_size)
+        self.metrics.models_loaded.set(len(self.watchlist.entries))
+        self.committed_events = 0
+
+    # ------------------------------------------------------------ lifecycle
+
+    def request_stop(self) -> None:
+        """Ask the loop to finish the in-flight batch, commit, and return (signal-safe)."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def run(self, until: Callable[[], bool] | None = None) -> None:
+        """Consume until stopped (or `until()` is true); then finish cleanly."""
+        try:
+            while not self._stop.is_set() and not (until and until()):
+                self.step()
+        finally:
+            self._drain()
+            self._prepare_pool.shutdown(wait=True, cancel_futures=True)
+            self._score_pool.shutdown(wait=True)
+
+    def step(self) -> None:
+        """One turn of the loop: poll, flow control, advance the batch."""
+        records = self.consumer.poll(timeout_ms=self._poll_timeout_ms(), max_records=self.batch.max_buffered)
+        now = self.clock()
+        received_at = datetime.now(timezone.utc)
+        for messages in records.values():
+            for record in messages:
+                future = self._prepare_pool.submit(self._prepare, record)
+                self._buffer.append(Pending(record, now, received_at, future))
+        self._flow_control()
+        self._advance()
+        self._update_lag()
+
+    # ------------------------------------------------------------ rebalance
+
+    def on_partitions_revoked(self, revoked: Sequence[Any]) -> None:
+        """Finish and commit the in-flight batch, drop buffered events of revoked partitions."""
+        if self._inflight is not None:
+            self._finish_inflight(deadline=self.clock() + 30.0)
+        revoked_set = set(revoked)
+        kept = deque(p for p in self._buffer if self.tp_factory(p.record) not in revoked_set)
+        dropped = len(self._buffer) - len(kept)
+        self._buffer = kept
+        for tp in revoked_set:
+            self._committed.pop(tp, None)
+            self.metrics.lag.remove(tp.topic, str(tp.partition)) if self._has_lag(tp) else None
+        self._paused = False
+        if dropped:
+            log.info("revoked %d partition(s); dropped %d buffered event(s) for their next owner", len(revoked_set), dropped)
+
+    def on_partitions_assigned(self, assigned: Sequence[Any]) -> None:
+        log.info("assigned %d partition(s)", len(assigned))
+
+    def _has_lag(self, tp: Any) -> bool:
+        try:
+            return (tp.topic, str(tp.partition)) in self.metrics.lag._metrics  # type: ignore[attr-defined]
+        except AttributeError:
+            return False
+
+    # ------------------------------------------------------------ stages
+
+    def _prepare(self, record: Any) -> Prepared:
+        """Decode, fetch, decode the image, crop and GLCM for every model (on the pool)."""
+        try:
+            event = decode_event(record.value, self.image_limits.max_bytes)
+        except InvalidEvent as exc:
+            return Prepared(error=exc)
+        try:
+            started = time.perf_counter()
+            if event.image_b64 is not None:
+                data = decode_b64_image(event.image_b64, self.image_limits.max_bytes)
+            else:
+                data = self.fetcher.fetch(event.image_url or "")
+            self.metrics.stage.labels("fetch").observe(time.perf_counter() - started)
+            started = time.perf_counter()
+            try:
+                pixels = decode_image(data, self.image_limits)
+                image = self.watchlist.prepare(pixels)
+            except ImageError as exc:
+                raise InvalidEvent(exc.reason, str(exc)) from None
+            except ImageTooSmall as exc:
+                raise InvalidEvent(DECODE, str(exc)) from None
+            self.metrics.stage.labels("decode").observe(time.perf_counter() - started)
+            return Prepared(event=event, image=image)
+        except InvalidEvent as exc:
+            return Prepared(event=event, error=exc)
+        except Exception as exc:  # a bug in a decoder must not kill the worker: dead-letter it
+            log.exception("unexpected error preparing %s/%s@%s", record.topic, record.partition, record.offset)
+            return Prepared(event=event, error=InvalidEvent(DECODE, f"internal error: {type(exc).__name__}"))
+
+    def _score(self, items: list[Pending]) -> list[list | None]:
+        """On the scoring thread: wait for preparation, score every valid image."""
+        prepared = [p.prepared.result() for p in items]
+        valid = [i for i, p in enumerate(prepared) if p.image is not None]
+        started = time.perf_counter()
+        scores = self.watchlist.score([prepared[i].image for i in valid]) if valid else []
+        if valid:
+            self.metrics.stage.labels("score").observe(time.perf_counter() - started)
+        out: list[list | None] = [None] * len(items)
+        for i, s in zip(valid, scores):
+            out[i] = s
+        return out
+
+    # ------------------------------------------------------------ batching
+
+    def _batch_ready(self) -> bool:
+        if not self._buffer:
+            return False
+        if len(self._buffer) >= self.batch.max_size or self._stop.is_set():
+            return True
+        return (self.clock() - self._buffer[0].received) * 1000.0 >= self.batch.max_wait_ms
+
+    def _poll_timeout_ms(self) -> int:
+        if self._inflight is not None:
+            return 5 if self._inflight.scored.done() else 20
+        if self._buffer:
+            waited = (self.clock() - self._buffer[0].received) * 1000.0
+            return int(max(0.0, min(self.batch.max_wait_ms - waited, 100)))
+        return 100
+
+    def _flow_control(self) -> None:
+        full = len(self._buffer) >= self.batch.max_buffered
+        assigned = self.consumer.assignment()
+        if full and not self._paused and assigned:
+            self.consumer.pause(*assigned)
+            self._paused = True
+        elif not full and self._paused:
+            self.consumer.resume(*assigned)
+            self._paused = False
+
+    def _advance(self) -> None:
+        if self._inflight is not None and self._inflight.scored.done():
+            if self.clock() >= self._inflight.retry_at:
+                self._try_complete(self._inflight)
+        if self._inflight is None and self._batch_ready():
+            items = [self._buffer.popleft() for _ in range(min(self.batch.max_size, len(self._buffer)))]
+            self.metrics.batch_size.observe(len(items))
+            self._inflight = InFlight(items, self._score_pool.submit(self._score, items))
+
+    # ------------------------------------------------------------ completion
+
+    def _build(self, batch: InFlight) -> None:
+        """Rows and messages of a scored batch (once; kept across retries)."""
+        scored_at = datetime.now(timezone.utc)
+        stamp = scored_at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        results = batch.scored.result()
+        outcomes: list[EventOutcome] = []
+        messages: list[tuple[str, bytes, bytes | None, list]] = []
+        for pending, scores in zip(batch.items, results):
+            r = pending.record
+            prepared: Prepared = pending.prepared.result()
+            if scores is None:
+                error = prepared.error or InvalidEvent(DECODE, "not prepared")
+                event_id = (prepared.event.event_id if prepared.event else None) or event_id_hint(r.value)
+                event_id = event_id or f"unparsed:{r.topic}/{r.partition}/{r.offset}"
+                outcomes.append(EventOutcome(
+                    event_id=event_id, topic=r.topic, partition=r.partition, offset=r.offset, status="failed",
+                    received_at=pending.received_at, error=f"{error.reason}: {error}"[:2000],
+                ))
+                headers = list(r.headers or []) + [
+                    ("aedr.reason", error.reason.encode()),
+                    ("aedr.error", str(error).encode("utf-8", "replace")[:1000]),
+                    ("aedr.source", f"{r.topic}/{r.partition}/{r.offset}".encode()),
+                    ("aedr.failed_at", stamp.encode()),
+                ]
+                messages.append((self.topics.dlq, r.value if r.value is not None else b"", r.key, headers))
+                continue
+            attributions = self.watchlist.verdicts(scores)
+            matches = [
+                {"model": a.model, "score": a.score, "threshold": a.threshold} for a in attributions if a.belongs
+            ]
+            best = min(matches, key=lambda m: m["score"] / m["threshold"])["model"] if matches else None
+            event = prepared.event
+            assert event is not None
+            outcomes.append(EventOutcome(
+                event_id=event.event_id, topic=r.topic, partition=r.partition, offset=r.offset, status="scored",
+                received_at=pending.received_at, scored_at=scored_at, best_match=best, attributions=tuple(attributions),
+            ))
+            if matches:
+                messages.append((self.topics.alerts, alert_message(event, matches, stamp), event.event_id.encode(), []))
+        batch.outcomes, batch.messages = outcomes, messages
+
+    def _try_complete(self, batch: InFlight) -> bool:
+        """Store, publish, commit; on failure schedule a retry with backoff. True when done."""
+        try:
+            if batch.outcomes is None:
+                self._build(batch)
+            if not batch.stored:
+                started = time.perf_counter()
+                self.store.save(batch.outcomes or [])
+                self.metrics.stage.labels("store").observe(time.perf_counter() - started)
+                batch.stored = True
+            if not batch.produced:
+                futures = [self.producer.send(t, value=v, key=k, headers=h) for t, v, k, h in batch.messages or []]
+                self.producer.flush(timeout=30)
+                for f in futures:
+                    f.get(timeout=30)  # raises if the broker did not acknowledge
+                batch.produced = True
+            self._commit(batch)
+        except Exception as exc:
+            batch.attempts += 1
+            self.metrics.store_errors.inc() if not batch.stored else None
+            delay = min(self.database.retry_max_s, self.database.retry_initial_s * 2 ** (batch.attempts - 1))
+            batch.retry_at = self.clock() + delay
+            log.warning("batch of %d not completed (attempt %d, %s: %s); retrying in %.1f s",
+                        len(batch.items), batch.attempts, type(exc).__name__, exc, delay)
+            return False
+        self._inflight = None
+        return True
+
+    def _commit(self, batch: InFlight) -> None:
+        from kafka.structs import OffsetAndMetadata
+
+        offsets: dict[Any, int] = {}
+        for p in batch.items:
+            tp = self.tp_factory(p.record)
+            offsets[tp] = max(offsets.get(tp, -1), p.record.offset + 1)
+        assigned = self.consumer.assignment()
+        mine = {tp: o for tp, o in offsets.items() if tp in assigned}
+        if mine:
+            try:
+                self.consumer.commit({tp: OffsetAndMetadata(o, "", -1) for tp, o in mine.items()})
+            except Exception as exc:  # e.g. CommitFailedError after a rebalance: rows are stored,
+                log.warning("offset commit failed (%s); events will be redelivered and deduplicated", exc)
+            else:
+                self._committed.update(mine)
+                self.metrics.last_commit.set(time.time())
+        now = self.clock()
+        for p, outcome in zip(batch.items, batch.outcomes or []):
+            self.metrics.event_latency.observe(now - p.received)
+            if outcome.status == "scored":
+                self.metrics.events.labels("scored").inc()
+                for a in outcome.attributions:
+                    self.metrics.verdicts.labels(a.model, "match" if a.belongs else "no_match").inc()
+            else:
+                self.metrics.events.labels("dead_lettered").inc()
+                self.metrics.dlq.labels((outcome.error or "decode").split(":", 1)[0]).inc()
+        self.metrics.alerts.inc(sum(1 for m in batch.messages or [] if m[0] == self.topics.alerts))
+        self.committed_events += len(batch.items)
+
+    def _finish_inflight(self, deadline: float) -> None:
+        """Complete the in-flight batch, retrying (and keeping the group alive) until deadline."""
+        batch = self._inflight
+        while batch is not None and self._inflight is batch:
+            batch.scored.result()
+            if self._try_complete(batch):
+                return
+            if self.clock() >= deadline:
+                log.error("giving up on the in-flight batch at shutdown; it will be redelivered")
+                self._inflight = None
+                return
+            time.sleep(max(0.0, min(batch.retry_at - self.clock(), deadline - self.clock())))
+
+    def _drain(self) -> None:
+        """On stop: finish the in-flight batch and the buffered events already received."""
+        deadline = self.clock() + 30.0
+        self._finish_inflight(deadline)
+        while self._buffer and self.clock() < deadline:
+            items = [self._buffer.popleft() for _ in range(min(self.batch.max_size, len(self._buffer)))]
+            self._inflight = InFlight(items, self._score_pool.submit(self._score, items))
+            self._finish_inflight(deadline)
+        self._buffer.clear()
+
+    # ------------------------------------------------------------ lag
+
+    def _update_lag(self) -> None:
+        for tp in self.consumer.assignment():
+            high = self.consumer.highwater(tp)
+            if high is None:
+                continue
+            committed = self._committed.get(tp)
+            if committed is None:
+                first = next((p.record.offset for p in self._buffer if self.tp_factory(p.record) == tp), None)
+                committed = first if first is not None else high
+            self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, high - committed))

@@ -1,0 +1,89 @@
+"""Assembling a running worker from `Settings`: the one place where every part is built.
+
+`aedr serve` and `aedr demo` both go through `Service`, so the demo exercises exactly the
+production wiring (real broker client, real database, real HTTP metrics).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from typing import Callable
+
+from prometheus_client import CollectorRegistry
+
+from .config import Settings, mask_url
+from .fetch import Fetcher
+from .images import ImageLimits
+from .kafka_io import make_consumer, make_producer
+from .metrics import Metrics, MetricsServer
+from .pipeline import Topics, Worker
+from .storage import SqlStore
+from .watchlist import Watchlist
+
+log = logging.getLogger(__name__)
+
+
+class Service:
+    def __init__(self, settings: Settings, registry: CollectorRegistry | None = None, metrics_port: int | None = None):
+        self.settings = settings
+        self.metrics = Metrics(registry or CollectorRegistry())
+        self.store = SqlStore.from_url(settings.database.resolved_url())
+        self._ready_cache = (0.0, False)
+        self.watchlist: Watchlist | None = None
+        port = settings.metrics.port if metrics_port is None else metrics_port
+        self.server = MetricsServer(self.metrics, settings.metrics.host, port, self.ready).start()
+        log.info("metrics on http://%s:%d/metrics; database %s", settings.metrics.host, self.server.port,
+                 mask_url(settings.database.resolved_url()))
+        self.watchlist = Watchlist.load(settings.watchlist, settings.scoring.device, settings.scoring.batch_size)
+        log.info("watchlist: %s", ", ".join(f"{e.name} (τ={e.threshold:.4g}, {e.model.device})" for e in self.watchlist.entries))
+        self.store.record_calibrations(self.watchlist.calibration_records())
+        limits = ImageLimits(settings.images.max_bytes, settings.images.max_pixels, settings.images.min_side)
+        self.producer = make_producer(settings.kafka)
+        self.worker = Worker(
+            consumer=None,  # type: ignore[arg-type]  # set below: the listener needs the worker
+            producer=self.producer,
+            store=self.store,
+            watchlist=self.watchlist,
+            fetcher=Fetcher(settings.fetch, limits.max_bytes),
+            metrics=self.metrics,
+            topics=Topics(settings.kafka.alerts_topic, settings.kafka.dlq_topic),
+            batch=settings.batch,
+            database=settings.database,
+            image_limits=limits,
+        )
+        self.worker.consumer = make_consumer(
+            settings.kafka, self.worker.on_partitions_revoked, self.worker.on_partitions_assigned
+        )
+
+    def ready(self) -> bool:
+        """Models loaded and the database reachable (checked at most every 2 s)."""
+        checked_at, ok = self._ready_cache
+        if time.monotonic() - checked_at < 2.0:
+            return ok
+        ok = self.watchlist is not None
+        if ok:
+            try:
+                self.store.ping()
+            except Exception:
+                ok = False
+        self._ready_cache = (time.monotonic(), ok)
+        self.metrics.ready.set(1 if ok else 0)
+        return ok
+
+    def run(self, until: Callable[[], bool] | None = None) -> None:
+        self.worker.run(until)
+
+    def install_signal_handlers(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda *_: self.worker.request_stop())
+
+    def close(self) -> None:
+        for step in (self.worker.consumer.close, lambda: self.producer.close(timeout=10), self.server.stop, self.store.close):
+            try:
+                step()
+            except Exception as exc:  # closing must not hide the reason we are closing
+                log.warning("while closing: %s", exc)

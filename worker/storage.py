@@ -1,0 +1,249 @@
+"""Where verdicts live: a narrow `Store` protocol, one SQLAlchemy implementation, one in memory.
+
+Writes are idempotent: Kafka delivers at least once, so a batch that was stored but whose
+offsets were not committed (crash, rebalance) comes again. Every insert is
+`ON CONFLICT DO NOTHING` on the natural keys (event_id; event_id + model), and one micro-batch is
+one transaction, so a batch is either wholly stored or not at all. ORM rows never leave this
+module: callers pass and get plain dataclasses.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol, Sequence
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Double,
+    Engine,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    func,
+    select,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+
+
+# ---------------------------------------------------------------- what callers see
+
+
+@dataclass(frozen=True)
+class AttributionRecord:
+    model: str
+    loss1: float
+    loss2: float
+    ratio: float
+    homogeneity: float
+    score: float
+    threshold: float
+    belongs: bool
+
+
+@dataclass(frozen=True)
+class EventOutcome:
+    """Everything stored about one consumed message."""
+
+    event_id: str
+    topic: str
+    partition: int
+    offset: int
+    status: str  # "scored" | "failed"
+    received_at: datetime
+    scored_at: datetime | None = None
+    error: str | None = None
+    best_match: str | None = None
+    attributions: tuple[AttributionRecord, ...] = ()
+
+
+@dataclass(frozen=True)
+class CalibrationRecord:
+    model: str
+    weights_sha256: str
+    alpha: float
+    threshold: float
+    n: int
+    preprocessing_sha256: str
+    calibrated_at: str
+
+
+class Store(Protocol):
+    def save(self, outcomes: Sequence[EventOutcome]) -> None:
+        """Store a micro-batch in one transaction; re-saving an event changes nothing."""
+
+    def record_calibrations(self, records: Sequence[CalibrationRecord]) -> None:
+        """Remember which thresholds are in use (one row per model and weights hash)."""
+
+    def ping(self) -> None:
+        """Raise if the store cannot be reached."""
+
+
+# ---------------------------------------------------------------- SQLAlchemy
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class _EventRow(Base):
+    __tablename__ = "events"
+    event_id: Mapped[str] = mapped_column(String(300), primary_key=True)
+    topic: Mapped[str] = mapped_column(String(255))
+    partition: Mapped[int] = mapped_column(Integer)
+    offset: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    scored_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    best_match: Mapped[str | None] = mapped_column(String(128), nullable=True)
+
+
+class _AttributionRow(Base):
+    __tablename__ = "attributions"
+    event_id: Mapped[str] = mapped_column(
+        String(300), ForeignKey("events.event_id", ondelete="CASCADE"), primary_key=True
+    )
+    model: Mapped[str] = mapped_column(String(128), primary_key=True)
+    loss1: Mapped[float] = mapped_column(Double)
+    loss2: Mapped[float] = mapped_column(Double)
+    ratio: Mapped[float] = mapped_column(Double)
+    homogeneity: Mapped[float] = mapped_column(Double)
+    score: Mapped[float] = mapped_column(Double)
+    threshold: Mapped[float] = mapped_column(Double)
+    belongs: Mapped[bool] = mapped_column(Boolean, index=True)
+    scored_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class _CalibrationRow(Base):
+    __tablename__ = "calibrations"
+    model: Mapped[str] = mapped_column(String(128), primary_key=True)
+    weights_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    alpha: Mapped[float] = mapped_column(Double)
+    threshold: Mapped[float] = mapped_column(Double)
+    n: Mapped[int] = mapped_column(Integer)
+    preprocessing_sha256: Mapped[str] = mapped_column(String(64))
+    calibrated_at: Mapped[str] = mapped_column(String(40))
+    recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 30})
+    else:
+        engine = create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=2)
+    return engine
+
+
+def _insert_ignoring_conflicts(conn, table, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    elif conn.dialect.name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:  # pragma: no cover - only the two documented back ends are supported
+        raise NotImplementedError(f"database {conn.dialect.name} is not supported")
+    conn.execute(insert(table).on_conflict_do_nothing(), rows)
+
+
+class SqlStore:
+    """The Postgres (production) / SQLite (demo) store."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    @classmethod
+    def from_url(cls, url: str) -> "SqlStore":
+        return cls(make_engine(url))
+
+    def save(self, outcomes: Sequence[EventOutcome]) -> None:
+        events, attributions = [], []
+        for o in outcomes:
+            row = asdict(o)
+            row.pop("attributions")
+            events.append(row)
+            for a in o.attributions:
+                attributions.append({**asdict(a), "event_id": o.event_id, "scored_at": o.scored_at})
+        with self.engine.begin() as conn:
+            _insert_ignoring_conflicts(conn, _EventRow.__table__, events)
+            _insert_ignoring_conflicts(conn, _AttributionRow.__table__, attributions)
+
+    def record_calibrations(self, records: Sequence[CalibrationRecord]) -> None:
+        with self.engine.begin() as conn:
+            _insert_ignoring_conflicts(conn, _CalibrationRow.__table__, [asdict(r) for r in records])
+
+    def ping(self) -> None:
+        with self.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+
+    # Read side, for the demo, tests and operators' scripts.
+    def events(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(_EventRow.__table__)).mappings().all()
+        return [dict(r) for r in rows]
+
+    def attributions(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(_AttributionRow.__table__)).mappings().all()
+        return [dict(r) for r in rows]
+
+    def calibrations(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(_CalibrationRow.__table__)).mappings().all()
+        return [dict(r) for r in rows]
+
+    def count_events(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(_EventRow.__table__)).scalar_one())
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+@dataclass
+class MemoryStore:
+    """In-memory store with the same idempotency, for fast unit tests."""
+
+    rows: dict[str, EventOutcome] = field(default_factory=dict)
+    calibration_rows: dict[tuple[str, str], CalibrationRecord] = field(default_factory=dict)
+    saves: int = 0
+    fail_next: int = 0  # make the next N saves raise, to test retries
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def save(self, outcomes: Sequence[EventOutcome]) -> None:
+        with self._lock:
+            if self.fail_next:
+                self.fail_next -= 1
+                raise ConnectionError("memory store: simulated outage")
+            self.saves += 1
+            for o in outcomes:
+                self.rows.setdefault(o.event_id, o)
+
+    def record_calibrations(self, records: Sequence[CalibrationRecord]) -> None:
+        for r in records:
+            self.calibration_rows.setdefault((r.model, r.weights_sha256), r)
+
+    def ping(self) -> None:
+        if self.fail_next:
+            raise ConnectionError("memory store: simulated outage")
+
+
+def upgrade(url: str, revision: str = "head") -> None:
+    """Apply Alembic migrations (migrations/) to the database at `url`."""
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.attributes["url"] = url
+    command.upgrade(config, revision)

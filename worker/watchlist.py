@@ -1,0 +1,117 @@
+"""The watchlist: every model an image is checked against, with its threshold, split into the
+two halves the stream worker runs on different threads.
+
+`prepare` (CPU, any thread, per image): crop for each model and compute its GLCM homogeneity.
+`score` (the one scoring thread, per batch): double reconstruction per model, batched by shape,
+then the verdict t' < τ. Splitting this way keeps the model busy: the next batch is prepared
+while this one runs through the autoencoders.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .calibration import Calibration, CalibrationError
+from .models import Autoencoder, load_autoencoder
+from .scoring import Scores, batches_by_shape, combine, crop_box, homogeneity, preprocessing_spec, reconstruction_losses, to_tensor
+from .storage import AttributionRecord, CalibrationRecord
+
+
+@dataclass(frozen=True)
+class WatchedModel:
+    name: str
+    model: Autoencoder
+    calibration: Calibration
+    tile: int | None
+
+    @property
+    def threshold(self) -> float:
+        return self.calibration.threshold
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """One image cut for every watched model: crops[k] and homogeneity[k] belong to model k."""
+
+    crops: tuple[np.ndarray, ...]
+    homogeneity: tuple[float, ...]
+
+
+class Watchlist:
+    def __init__(self, entries: Sequence[WatchedModel], batch_size: int = 16):
+        if not entries:
+            raise CalibrationError("the watchlist is empty: add at least one [[watchlist]] model")
+        self.entries = tuple(entries)
+        self.batch_size = batch_size
+
+    @classmethod
+    def load(cls, settings_watchlist, device: str | None, batch_size: int) -> "Watchlist":
+        """Load every model and its calibration; refuse thresholds fitted on other weights or
+        other preprocessing (the tile comes from the calibration, so it always matches)."""
+        entries = []
+        for entry in settings_watchlist:
+            model = load_autoencoder(
+                entry.model, subfolder=entry.subfolder or None, kind=entry.kind or None,
+                name=entry.name, device=None if device in (None, "auto") else device, dtype=entry.dtype,
+            )
+            calibration = Calibration.load(entry.calibration)
+            tile = calibration.preprocessing.get("tile")
+            calibration.check_matches(model.weights_sha256, preprocessing_spec(model.spatial_factor, tile))
+            entries.append(WatchedModel(entry.name, model, calibration, tile))
+        return cls(entries, batch_size)
+
+    @property
+    def names(self) -> list[str]:
+        return [e.name for e in self.entries]
+
+    def calibration_records(self) -> list[CalibrationRecord]:
+        return [
+            CalibrationRecord(
+                model=e.name, weights_sha256=e.calibration.weights_sha256, alpha=e.calibration.alpha,
+                threshold=e.calibration.threshold, n=e.calibration.n,
+                preprocessing_sha256=e.calibration.preprocessing_sha256,
+                calibrated_at=e.calibration.created_at or "",
+            )
+            for e in self.entries
+        ]
+
+    def prepare(self, image: np.ndarray) -> PreparedImage:
+        """Crop for each model and compute H on exactly the pixels that will be scored.
+        Raises `scoring.ImageTooSmall` if some model has no full cell to score."""
+        crops, hs = [], []
+        cache: dict[tuple[int, int, int, int], tuple[np.ndarray, float]] = {}
+        for e in self.entries:
+            box = crop_box(image.shape[0], image.shape[1], e.model.spatial_factor, e.tile)
+            key = (box.top, box.left, box.height, box.width)
+            if key not in cache:
+                crop = np.ascontiguousarray(box.apply(image))
+                cache[key] = (crop, homogeneity(crop))
+            crops.append(cache[key][0])
+            hs.append(cache[key][1])
+        return PreparedImage(tuple(crops), tuple(hs))
+
+    def score(self, items: Sequence[PreparedImage]) -> list[list[Scores]]:
+        """Scores[i][k]: image i against model k."""
+        out: list[list[Scores | None]] = [[None] * len(self.entries) for _ in items]
+        for k, e in enumerate(self.entries):
+            crops = [item.crops[k] for item in items]
+            for batch in batches_by_shape(crops, self.batch_size):
+                x = torch.stack([to_tensor(crops[i]) for i in batch])
+                loss1, loss2 = reconstruction_losses(e.model, x)
+                for j, i in enumerate(batch):
+                    out[i][k] = combine(float(loss1[j]), float(loss2[j]), items[i].homogeneity[k])
+        return out  # type: ignore[return-value]
+
+    def verdicts(self, scores: Sequence[Scores]) -> list[AttributionRecord]:
+        """One attribution per model for one image's scores."""
+        return [
+            AttributionRecord(
+                model=e.name, loss1=s.loss1, loss2=s.loss2, ratio=s.ratio, homogeneity=s.homogeneity,
+                score=s.score, threshold=e.threshold, belongs=bool(s.score < e.threshold),
+            )
+            for e, s in zip(self.entries, scores)
+        ]

@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import sys
+import threading
 from typing import Sequence
 
 EXIT_USAGE = 2
@@ -139,12 +140,13 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from .config import load_settings
-    from .service import Service
+    from .service import Service, stop_on_signals
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stop = threading.Event()
+    stop_on_signals(stop)
     settings = load_settings(args.config)
-    service = Service(settings)
-    service.install_signal_handlers()
+    service = Service(settings, stop=stop)
     try:
         service.run()
     finally:

@@ -183,6 +183,8 @@ def load_autoencoder(
                 "autoencoder directory (config.json + diffusion_pytorch_model.safetensors), or "
                 "--subfolder vae for a whole pipeline directory"
             )
+        elif model.startswith(("/", ".", "~")) or model.count("/") > 1:
+            hint = f"directory {local} does not exist"
         else:
             hint = (
                 "not a local directory and not in the local Hugging Face cache; download it "

@@ -110,12 +110,13 @@ class Worker:
     image_limits: ImageLimits = field(default_factory=ImageLimits)
     clock: Callable[[], float] = time.monotonic
     tp_factory: Callable[[Any], Any] = _tp
+    stop_event: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
         self._buffer: deque[Pending] = deque()
         self._inflight: InFlight | None = None
         self._paused = False
-        self._stop = threading.Event()
+        self._stop = self.stop_event
         self._committed: dict[Any, int] = {}
         self._prepare_pool = ThreadPoolExecutor(self.batch.prepare_threads, thread_name_prefix="prepare")
         self._score_pool = ThreadPoolExecutor(1, thread_name_prefix="score")

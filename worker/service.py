@@ -27,8 +27,10 @@ log = logging.getLogger(__name__)
 
 
 class Service:
-    def __init__(self, settings: Settings, registry: CollectorRegistry | None = None, metrics_port: int | None = None):
+    def __init__(self, settings: Settings, registry: CollectorRegistry | None = None,
+                 metrics_port: int | None = None, stop: threading.Event | None = None):
         self.settings = settings
+        self.stop = stop or threading.Event()
         self.metrics = Metrics(registry or CollectorRegistry())
         self.store = SqlStore.from_url(settings.database.resolved_url())
         self._ready_cache = (0.0, False)
@@ -53,6 +55,7 @@ class Service:
             batch=settings.batch,
             database=settings.database,
             image_limits=limits,
+            stop_event=self.stop,
         )
         self.worker.consumer = make_consumer(
             settings.kafka, self.worker.on_partitions_revoked, self.worker.on_partitions_assigned
@@ -76,14 +79,18 @@ class Service:
     def run(self, until: Callable[[], bool] | None = None) -> None:
         self.worker.run(until)
 
-    def install_signal_handlers(self) -> None:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(sig, lambda *_: self.worker.request_stop())
-
     def close(self) -> None:
+        self.stop.set()
         for step in (self.worker.consumer.close, lambda: self.producer.close(timeout=10), self.server.stop, self.store.close):
             try:
                 step()
             except Exception as exc:  # closing must not hide the reason we are closing
                 log.warning("while closing: %s", exc)
+
+
+def stop_on_signals(stop: threading.Event) -> None:
+    """SIGTERM/SIGINT set `stop`: the worker finishes its batch, commits and exits 0. Installed
+    before anything slow (model loading), so a stop during start-up is clean too."""
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())

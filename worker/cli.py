@@ -24,6 +24,7 @@ def _add_model_args(parser: argparse.ArgumentParser, multiple: bool) -> None:
         + (" (repeat for several)" if multiple else ""),
     )
     parser.add_argument("--subfolder", default=None, help="e.g. 'vae' for a whole pipeline directory")
+    parser.add_argument("--name", default=None, help="model name in the output (default: --model as given)")
     parser.add_argument("--kind", choices=["kl", "vq", "tiny"], default=None,
                         help="autoencoder family (default: from config.json)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: CUDA if present)")
@@ -93,7 +94,8 @@ def _cmd_score(args: argparse.Namespace) -> int:
     from .scoring import preprocessing_spec
 
     models = [
-        load_autoencoder(m, subfolder=args.subfolder, kind=args.kind, name=m, device=args.device, dtype=args.dtype)
+        load_autoencoder(m, subfolder=args.subfolder, kind=args.kind, name=m if len(args.model) > 1 or not args.name else args.name,
+                         device=args.device, dtype=args.dtype)
         for m in args.model
     ]
     if problem := _check_tile(models, args.tile):
@@ -123,7 +125,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 
     if args.alpha is not None and args.validation is not None:
         return _fail("give either --alpha or --validation/--negatives, not both")
-    model = load_autoencoder(args.model, subfolder=args.subfolder, kind=args.kind, name=args.model,
+    model = load_autoencoder(args.model, subfolder=args.subfolder, kind=args.kind, name=args.name or args.model,
                              device=args.device, dtype=args.dtype)
     if problem := _check_tile([model], args.tile):
         return _fail(problem)

@@ -32,7 +32,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+def migrations_dir() -> Path:
+    """migrations/ beside the package (a checkout), or AEDR_MIGRATIONS_DIR (an installed image)."""
+    import os
+
+    return Path(os.environ.get("AEDR_MIGRATIONS_DIR") or Path(__file__).resolve().parent.parent / "migrations")
 
 
 # ---------------------------------------------------------------- what callers see
@@ -244,6 +248,6 @@ def upgrade(url: str, revision: str = "head") -> None:
     from alembic.config import Config
 
     config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("script_location", str(migrations_dir()))
     config.attributes["url"] = url
     command.upgrade(config, revision)

@@ -1,0 +1,141 @@
+"""Settings (TOML + environment) and event validation."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+
+from worker.config import ConfigError, load_settings, mask_url
+from worker.events import InvalidEvent, alert_message, decode_b64_image, decode_event, event_id_hint, UploadEvent
+
+TOML = """
+[kafka]
+bootstrap_servers = "broker:9092"
+topic = "uploads"
+group_id = "aedr"
+alerts_topic = "aedr.alerts"
+dlq_topic = "uploads.dlq"
+[database]
+url = "postgresql+psycopg2://user@127.0.0.1:5432/db"
+[batch]
+max_size = 16
+max_wait_ms = 50
+[metrics]
+port = 9108
+[[watchlist]]
+name = "sd15"
+model = "path/or/hub-id"
+calibration = "calibrations/sd15.json"
+[[watchlist]]
+name = "flux"
+model = "black-forest-labs/FLUX.1-dev"
+subfolder = "vae"
+dtype = "bf16"
+calibration = "calibrations/flux.json"
+"""
+
+
+def test_toml_then_environment_overrides(tmp_path):
+    path = tmp_path / "worker.toml"
+    path.write_text(TOML)
+    env = {
+        "AEDR_DATABASE__URL": "postgresql+psycopg2://aedr:s3cret@db:5432/aedr",
+        "AEDR_BATCH__MAX_SIZE": "32",
+        "AEDR_FETCH__ALLOWED_SCHEMES": "https,file",
+        "AEDR_FETCH__ALLOW_PRIVATE_ADDRESSES": "true",
+        "UNRELATED": "x",
+    }
+    s = load_settings(path, env)
+    assert s.kafka.bootstrap_servers == "broker:9092"
+    assert s.database.url.endswith("@db:5432/aedr")
+    assert s.batch.max_size == 32 and s.batch.max_wait_ms == 50
+    assert s.fetch.allowed_schemes == ("https", "file") and s.fetch.allow_private_addresses is True
+    assert [w.name for w in s.watchlist] == ["sd15", "flux"]
+    assert s.watchlist[1].subfolder == "vae" and s.watchlist[1].dtype == "bf16"
+    assert "s3cret" not in mask_url(s.database.url)
+
+
+def test_database_url_from_a_secret_file(tmp_path):
+    secret = tmp_path / "db-url"
+    secret.write_text("postgresql+psycopg2://aedr:pw@db/aedr\n")
+    s = load_settings(None, {"AEDR_DATABASE__URL_FILE": str(secret)})
+    assert s.database.resolved_url() == "postgresql+psycopg2://aedr:pw@db/aedr"
+
+
+@pytest.mark.parametrize(
+    "text, env, message",
+    [
+        ("[kafka]\ntopik = 'x'\n", {}, "unknown key"),
+        ("[kafkaa]\n", {}, "unknown section"),
+        ("", {"AEDR_BATCH__MAX_SIZE": "many"}, "batch.max_size"),
+        ("[batch]\nmax_size = 0\n", {}, "max_size"),
+        ("[[watchlist]]\nname = 'a'\nmodel = 'm'\ncalibration = 'c'\n[[watchlist]]\nname = 'a'\nmodel = 'm'\ncalibration = 'c'\n",
+         {}, "duplicate"),
+        ("[[watchlist]]\nname = 'a'\n", {}, "watchlist[0]"),
+        ("not toml [", {}, "config file"),
+    ],
+)
+def test_bad_settings_say_which_key(tmp_path, text, env, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
+        load_settings(path, env)
+
+
+def ev(**fields) -> bytes:
+    return json.dumps(fields).encode()
+
+
+def test_valid_event():
+    e = decode_event(ev(event_id="a1", image_b64="AAAA", uploaded_at="2026-11-28T10:00:00Z", metadata={"u": 1}), 10**6)
+    assert (e.event_id, e.image_b64, e.metadata) == ("a1", "AAAA", {"u": 1})
+
+
+@pytest.mark.parametrize(
+    "value, reason",
+    [
+        (b"\xff\xfe", "bad_json"),
+        (b"{", "bad_json"),
+        (b"[1, 2]", "schema"),
+        (ev(image_b64="AAAA"), "schema"),
+        (ev(event_id="", image_b64="AAAA"), "schema"),
+        (ev(event_id=5, image_b64="AAAA"), "schema"),
+        (ev(event_id="x" * 300, image_b64="AAAA"), "schema"),
+        (ev(event_id="a"), "schema"),
+        (ev(event_id="a", image_b64="AAAA", image_url="https://x/y.png"), "schema"),
+        (ev(event_id="a", image_url=7), "schema"),
+        (ev(event_id="a", image_b64="AAAA", uploaded_at="yesterday"), "schema"),
+        (ev(event_id="a", image_b64="AAAA", metadata=[1]), "schema"),
+        (ev(event_id="a", image_b64="AAAA", extra=1), "schema"),
+        (ev(event_id="a", image_b64="AAAA", schema_version=2), "schema"),
+        (None, "schema"),
+        (b"{" * 100_000, "bad_json"),
+        (ev(event_id="a", image_b64="A" * 2_000_000), "too_large"),
+    ],
+)
+def test_invalid_events_have_reasons(value, reason):
+    with pytest.raises(InvalidEvent) as info:
+        decode_event(value, max_bytes=10**6)
+    assert info.value.reason == reason
+
+
+def test_base64_is_strict():
+    assert decode_b64_image(base64.b64encode(b"png!").decode(), 100) == b"png!"
+    with pytest.raises(InvalidEvent) as info:
+        decode_b64_image("not base64!!", 100)
+    assert info.value.reason == "decode"
+    with pytest.raises(InvalidEvent) as info:
+        decode_b64_image("A" * 1000, 100)
+    assert info.value.reason == "too_large"
+
+
+def test_event_id_hint_and_alert():
+    assert event_id_hint(ev(event_id="abc", image_b64=3)) == "abc"
+    assert event_id_hint(b"garbage") is None
+    event = UploadEvent("e1", image_b64="AAAA", metadata={"user": "u1"})
+    matches = [{"model": "a", "score": 1.0, "threshold": 2.0}, {"model": "b", "score": 0.9, "threshold": 1.0}]
+    alert = json.loads(alert_message(event, matches, "2026-11-28T00:00:00Z"))
+    assert alert["best_match"]["model"] == "a"  # 0.5 < 0.9: furthest below its threshold
+    assert alert["event_id"] == "e1" and alert["metadata"] == {"user": "u1"} and len(alert["matches"]) == 2

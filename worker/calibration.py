@@ -165,5 +165,5 @@ class Calibration:
         if preprocessing_sha256(preprocessing) != preprocessing_sha256(self.preprocessing):
             raise CalibrationError(
                 f"calibration for {self.model} was fitted with preprocessing {self.preprocessing}, "
-                f"not {preprocessing}; use the same --tile or recalibrate"
+                f"not {preprocessing}; use the same --tile and --dtype, or recalibrate"
             )

@@ -109,7 +109,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
     for model in models:
         calibration = by_hash.get(model.weights_sha256)
         if calibration is not None:
-            calibration.check_matches(model.weights_sha256, preprocessing_spec(model.spatial_factor, args.tile))
+            calibration.check_matches(model.weights_sha256, preprocessing_spec(model.spatial_factor, args.tile, model.dtype))
         pairs.append((model, calibration))
     failed = False
     for record in score_records(iter_image_paths(args.paths), pairs, args.batch_size, args.tile):

@@ -63,7 +63,7 @@ class BatchSettings:
     max_size: int = 16
     max_wait_ms: int = 50
     max_buffered: int = 64  # partitions are paused while this many events wait
-    prepare_threads: int = 4
+    prepare_threads: int = -1  # fetch/decode/GLCM threads; 0 = on the scoring thread; -1 = auto (0 on CPU, 4 on CUDA)
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,12 @@ class FetchSettings:
 @dataclass(frozen=True)
 class ScoringSettings:
     device: str = "auto"
-    batch_size: int = 16
+    devices: tuple[str, ...] = ()  # several GPUs: one scorer per device, e.g. ("cuda:0", "cuda:1")
+    batch_size: int = 16  # images per autoencoder call (a micro-batch is split into these)
+    threads: int = 0  # torch intra-op threads; 0 = torch's default (all cores)
+    compile: str = "off"  # torch.compile mode: off | default | reduce-overhead | max-autotune
+    channels_last: bool = True  # NHWC memory format for the autoencoders
+    max_batch_pixels: int = -1  # pixels per autoencoder call: -1 = auto (65 536 on CPU, none on CUDA), 0 = none
 
 
 @dataclass(frozen=True)
@@ -184,6 +189,7 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
     unknown = set(raw) - set(_SECTIONS) - {"watchlist"}
     if unknown:
         raise ConfigError(f"unknown section(s) {', '.join(sorted(unknown))}")
+    _refuse_secrets_in_file(raw)
     for key, value in env.items():
         if not key.startswith(ENV_PREFIX) or "__" not in key:
             continue
@@ -208,6 +214,26 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
     if settings.batch.max_buffered < settings.batch.max_size:
         raise ConfigError("batch.max_buffered must be ≥ batch.max_size")
     return settings
+
+
+def _refuse_secrets_in_file(raw: dict[str, Any]) -> None:
+    """Passwords come from the environment or a secret file, never from the TOML (which ends up
+    in ConfigMaps, repositories and support tickets)."""
+    from sqlalchemy.engine import make_url
+
+    url = raw.get("database", {}).get("url")
+    if isinstance(url, str) and url:
+        try:
+            has_password = make_url(url).password is not None
+        except Exception:
+            has_password = False
+        if has_password:
+            raise ConfigError(
+                "database.url in the config file contains a password; set AEDR_DATABASE__URL "
+                "or database.url_file (a secret file) instead"
+            )
+    if raw.get("kafka", {}).get("sasl_password"):
+        raise ConfigError("kafka.sasl_password must not be in the config file; set AEDR_KAFKA__SASL_PASSWORD")
 
 
 def mask_url(url: str) -> str:

@@ -17,7 +17,7 @@ import numpy as np
 from .calibration import Calibration, CalibrationError, select_alpha
 from .images import ImageError, ImageLimits, decode_image
 from .models import Autoencoder
-from .scoring import ImageTooSmall, Scores, crop_box, preprocessing_spec, score_crops
+from .scoring import ImageTooSmall, Scores, crop_box, pixel_budget, preprocessing_spec, score_crops
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 
@@ -74,7 +74,7 @@ def score_one_model(
             slots.append(i)
         except ImageTooSmall as exc:
             out[i] = f"too_small: {exc}"
-    for i, scores in zip(slots, score_crops(model, crops, batch_size)):
+    for i, scores in zip(slots, score_crops(model, crops, batch_size, pixel_budget(model.device))):
         out[i] = scores
     return out
 
@@ -186,7 +186,7 @@ def calibrate(
     calibration = Calibration.fit(
         model=model.name,
         weights_sha256=model.weights_sha256,
-        preprocessing=preprocessing_spec(model.spatial_factor, tile),
+        preprocessing=preprocessing_spec(model.spatial_factor, tile, model.dtype),
         scores=own,
         alpha=0.05 if alpha is None else alpha,
         alpha_selection=selection,

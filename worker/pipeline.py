@@ -73,7 +73,7 @@ class Pending:
     record: Any  # kafka ConsumerRecord: topic, partition, offset, key, value, headers
     received: float  # monotonic
     received_at: datetime
-    prepared: Future
+    prepared: Future | None  # None: prepared inline on the scoring thread
 
 
 @dataclass
@@ -111,15 +111,25 @@ class Worker:
     clock: Callable[[], float] = time.monotonic
     tp_factory: Callable[[Any], Any] = _tp
     stop_event: threading.Event = field(default_factory=threading.Event)
+    # One scorer per device (replicas of the watchlist); batches go to them in turn.
+    scorers: Sequence[Watchlist] = ()
 
     def __post_init__(self) -> None:
         self._buffer: deque[Pending] = deque()
-        self._inflight: InFlight | None = None
+        # Batches in order: the head is completed first. Up to two per scorer, so a scorer
+        # always has the next batch queued while the previous one is stored and committed.
+        self._inflight: deque[InFlight] = deque()
         self._paused = False
         self._stop = self.stop_event
         self._committed: dict[Any, int] = {}
-        self._prepare_pool = ThreadPoolExecutor(self.batch.prepare_threads, thread_name_prefix="prepare")
-        self._score_pool = ThreadPoolExecutor(1, thread_name_prefix="score")
+        # prepare_threads = 0: each batch is prepared on its scoring thread just before scoring.
+        # On a CPU that beats overlapping it: concurrent work stalls torch's parallel regions.
+        self._prepare_pool = (ThreadPoolExecutor(self.batch.prepare_threads, thread_name_prefix="prepare")
+                              if self.batch.prepare_threads > 0 else None)
+        self.scorers = tuple(self.scorers) or (self.watchlist,)
+        self._score_pools = [ThreadPoolExecutor(1, thread_name_prefix=f"score{i}") for i in range(len(self.scorers))]
+        self._next_scorer = 0
+        self._max_inflight = 2 * len(self.scorers)
         self.metrics.batch_max_size.set(self.batch.max_size)
         self.metrics.models_loaded.set(len(self.watchlist.entries))
         self.committed_events = 0
@@ -141,8 +151,10 @@ class Worker:
                 self.step()
         finally:
             self._drain()
-            self._prepare_pool.shutdown(wait=True, cancel_futures=True)
-            self._score_pool.shutdown(wait=True)
+            if self._prepare_pool:
+                self._prepare_pool.shutdown(wait=True, cancel_futures=True)
+            for pool in self._score_pools:
+                pool.shutdown(wait=True)
 
     def step(self) -> None:
         """One turn of the loop: poll, flow control, advance the batch."""
@@ -151,7 +163,7 @@ class Worker:
         received_at = datetime.now(timezone.utc)
         for messages in records.values():
             for record in messages:
-                future = self._prepare_pool.submit(self._prepare, record)
+                future = self._prepare_pool.submit(self._prepare, record) if self._prepare_pool else None
                 self._buffer.append(Pending(record, now, received_at, future))
         self._flow_control()
         self._advance()
@@ -204,12 +216,16 @@ class Worker:
             log.exception("unexpected error preparing %s/%s@%s", record.topic, record.partition, record.offset)
             return Prepared(event=event, error=InvalidEvent(DECODE, f"internal error: {type(exc).__name__}"))
 
-    def _score(self, items: list[Pending]) -> list[list | None]:
-        """On the scoring thread: wait for preparation, score every valid image."""
+    def _score(self, scorer: Watchlist, items: list[Pending]) -> list[list | None]:
+        """On a scoring thread: prepare (or wait for preparation), score every valid image."""
+        for p in items:
+            if p.prepared is None:
+                p.prepared = Future()
+                p.prepared.set_result(self._prepare(p.record))
         prepared = [p.prepared.result() for p in items]
         valid = [i for i, p in enumerate(prepared) if p.image is not None]
         started = time.perf_counter()
-        scores = self.watchlist.score([prepared[i].image for i in valid]) if valid else []
+        scores = scorer.score([prepared[i].image for i in valid]) if valid else []
         if valid:
             self.metrics.stage.labels("score").observe(time.perf_counter() - started)
         out: list[list | None] = [None] * len(items)
@@ -227,8 +243,12 @@ class Worker:
         return (self.clock() - self._buffer[0].received) * 1000.0 >= self.batch.max_wait_ms
 
     def _poll_timeout_ms(self) -> int:
-        if self._inflight is not None:
-            return 5 if self._inflight.scored.done() else 20
+        if self._inflight:
+            if self._inflight[0].scored.done():
+                return 5
+            # Every scorer already has its next batch queued: nothing is gained by waking often,
+            # and each wake-up takes CPU (and the GIL) from the scoring thread (PERFORMANCE.md).
+            return 100 if len(self._inflight) >= self._max_inflight else 20
         if self._buffer:
             waited = (self.clock() - self._buffer[0].received) * 1000.0
             return int(max(0.0, min(self.batch.max_wait_ms - waited, 100)))
@@ -247,13 +267,19 @@ class Worker:
             self._paused = False
 
     def _advance(self) -> None:
-        if self._inflight is not None and self._inflight.scored.done():
-            if self.clock() >= self._inflight.retry_at:
-                self._try_complete(self._inflight)
-        if self._inflight is None and self._batch_ready():
-            items = [self._buffer.popleft() for _ in range(min(self.batch.max_size, len(self._buffer)))]
-            self.metrics.batch_size.observe(len(items))
-            self._inflight = InFlight(items, self._score_pool.submit(self._score, items))
+        while self._inflight and self._inflight[0].scored.done() and self.clock() >= self._inflight[0].retry_at:
+            if not self._try_complete(self._inflight[0]):
+                break
+            self._inflight.popleft()
+        while len(self._inflight) < self._max_inflight and self._batch_ready():
+            self._start_batch()
+
+    def _start_batch(self) -> None:
+        items = [self._buffer.popleft() for _ in range(min(self.batch.max_size, len(self._buffer)))]
+        self.metrics.batch_size.observe(len(items))
+        k = self._next_scorer
+        self._next_scorer = (k + 1) % len(self.scorers)
+        self._inflight.append(InFlight(items, self._score_pools[k].submit(self._score, self.scorers[k], items)))
 
     # ------------------------------------------------------------ completion
 
@@ -323,7 +349,6 @@ class Worker:
             log.warning("batch of %d not completed (attempt %d, %s: %s); retrying in %.1f s",
                         len(batch.items), batch.attempts, type(exc).__name__, exc, delay)
             return False
-        self._inflight = None
         return True
 
     def _commit(self, batch: InFlight) -> None:
@@ -356,28 +381,29 @@ class Worker:
         self.metrics.alerts.inc(sum(1 for m in batch.messages or [] if m[0] == self.topics.alerts))
         self.committed_events += len(batch.items)
 
-    def _finish_inflight(self, deadline: float) -> None:
-        """Complete the in-flight batch, retrying (and keeping the group alive) until deadline."""
-        batch = self._inflight
-        while batch is not None and self._inflight is batch:
-            batch.scored.result()
-            if self._try_complete(batch):
-                return
+    def _drain(self) -> None:
+        """On stop: score, store and commit what was already received (30 s at most); what is
+        left is not committed and goes to the next owner."""
+        deadline = self.clock() + 30.0
+        while (self._buffer or self._inflight) and self.clock() < deadline:
+            while self._buffer and len(self._inflight) < self._max_inflight:
+                self._start_batch()
+            self._finish_one(deadline)
+        if self._buffer or self._inflight:
+            log.error("stopped with %d event(s) unfinished; they will be redelivered",
+                      len(self._buffer) + sum(len(b.items) for b in self._inflight))
+        self._inflight.clear()
+        self._buffer.clear()
+
+    def _finish_one(self, deadline: float) -> None:
+        """Complete the head batch, retrying with backoff until the deadline."""
+        batch = self._inflight[0]
+        batch.scored.result()
+        while not self._try_complete(batch):
             if self.clock() >= deadline:
-                log.error("giving up on the in-flight batch at shutdown; it will be redelivered")
-                self._inflight = None
                 return
             time.sleep(max(0.0, min(batch.retry_at - self.clock(), deadline - self.clock())))
-
-    def _drain(self) -> None:
-        """On stop: finish the in-flight batch and the buffered events already received."""
-        deadline = self.clock() + 30.0
-        self._finish_inflight(deadline)
-        while self._buffer and self.clock() < deadline:
-            items = [self._buffer.popleft() for _ in range(min(self.batch.max_size, len(self._buffer)))]
-            self._inflight = InFlight(items, self._score_pool.submit(self._score, items))
-            self._finish_inflight(deadline)
-        self._buffer.clear()
+        self._inflight.popleft()
 
     # ------------------------------------------------------------ lag
 

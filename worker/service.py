@@ -6,12 +6,14 @@ production wiring (real broker client, real database, real HTTP metrics).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import threading
 import time
 from typing import Callable
 
+import torch
 from prometheus_client import CollectorRegistry
 
 from .config import Settings, mask_url
@@ -39,10 +41,21 @@ class Service:
         self.server = MetricsServer(self.metrics, settings.metrics.host, port, self.ready).start()
         log.info("metrics on http://%s:%d/metrics; database %s", settings.metrics.host, self.server.port,
                  mask_url(settings.database.resolved_url()))
-        self.watchlist = Watchlist.load(settings.watchlist, settings.scoring.device, settings.scoring.batch_size)
-        log.info("watchlist: %s", ", ".join(f"{e.name} (τ={e.threshold:.4g}, {e.model.device})" for e in self.watchlist.entries))
+        scoring = settings.scoring
+        if scoring.threads > 0:
+            torch.set_num_threads(scoring.threads)
+        devices = scoring.devices or (scoring.device,)
+        scorers = [Watchlist.load(settings.watchlist, d, scoring.batch_size, scoring.compile, scoring.channels_last,
+                                  scoring.max_batch_pixels) for d in devices]
+        self.watchlist = scorers[0]
+        log.info("watchlist: %s; %d scorer(s) on %s", ", ".join(f"{e.name} (τ={e.threshold:.4g})" for e in self.watchlist.entries),
+                 len(scorers), ", ".join(str(w.entries[0].model.device) for w in scorers))
         self.store.record_calibrations(self.watchlist.calibration_records())
         limits = ImageLimits(settings.images.max_bytes, settings.images.max_pixels, settings.images.min_side)
+        batch = settings.batch
+        if batch.prepare_threads < 0:  # auto: overlap with a GPU; inline on a CPU (docs/PERFORMANCE.md)
+            on_gpu = self.watchlist.entries[0].model.device.type == "cuda"
+            batch = dataclasses.replace(batch, prepare_threads=4 if on_gpu else 0)
         self.producer = make_producer(settings.kafka)
         self.worker = Worker(
             consumer=None,  # type: ignore[arg-type]  # set below: the listener needs the worker
@@ -52,10 +65,11 @@ class Service:
             fetcher=Fetcher(settings.fetch, limits.max_bytes),
             metrics=self.metrics,
             topics=Topics(settings.kafka.alerts_topic, settings.kafka.dlq_topic),
-            batch=settings.batch,
+            batch=batch,
             database=settings.database,
             image_limits=limits,
             stop_event=self.stop,
+            scorers=scorers,
         )
         self.worker.consumer = make_consumer(
             settings.kafka, self.worker.on_partitions_revoked, self.worker.on_partitions_assigned

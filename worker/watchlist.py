@@ -17,7 +17,17 @@ import torch
 
 from .calibration import Calibration, CalibrationError
 from .models import Autoencoder, load_autoencoder
-from .scoring import Scores, batches_by_shape, combine, crop_box, homogeneity, preprocessing_spec, reconstruction_losses, to_tensor
+from .scoring import (
+    Scores,
+    batches_by_shape,
+    combine,
+    crop_box,
+    homogeneity,
+    pixel_budget,
+    preprocessing_spec,
+    reconstruction_losses,
+    to_tensor,
+)
 from .storage import AttributionRecord, CalibrationRecord
 
 
@@ -42,14 +52,16 @@ class PreparedImage:
 
 
 class Watchlist:
-    def __init__(self, entries: Sequence[WatchedModel], batch_size: int = 16):
+    def __init__(self, entries: Sequence[WatchedModel], batch_size: int = 16, max_pixels: int | None = None):
         if not entries:
             raise CalibrationError("the watchlist is empty: add at least one [[watchlist]] model")
         self.entries = tuple(entries)
         self.batch_size = batch_size
+        self.max_pixels = max_pixels
 
     @classmethod
-    def load(cls, settings_watchlist, device: str | None, batch_size: int) -> "Watchlist":
+    def load(cls, settings_watchlist, device: str | None, batch_size: int, compile_mode: str = "off",
+             channels_last: bool = True, max_pixels: int = -1) -> "Watchlist":
         """Load every model and its calibration; refuse thresholds fitted on other weights or
         other preprocessing (the tile comes from the calibration, so it always matches)."""
         entries = []
@@ -57,12 +69,14 @@ class Watchlist:
             model = load_autoencoder(
                 entry.model, subfolder=entry.subfolder or None, kind=entry.kind or None,
                 name=entry.name, device=None if device in (None, "auto") else device, dtype=entry.dtype,
+                compile_mode=compile_mode, channels_last=channels_last,
             )
             calibration = Calibration.load(entry.calibration)
             tile = calibration.preprocessing.get("tile")
-            calibration.check_matches(model.weights_sha256, preprocessing_spec(model.spatial_factor, tile))
+            calibration.check_matches(model.weights_sha256, preprocessing_spec(model.spatial_factor, tile, model.dtype))
             entries.append(WatchedModel(entry.name, model, calibration, tile))
-        return cls(entries, batch_size)
+        budget = pixel_budget(entries[0].model.device) if max_pixels < 0 and entries else (max_pixels or None)
+        return cls(entries, batch_size, budget)
 
     @property
     def names(self) -> list[str]:
@@ -99,7 +113,7 @@ class Watchlist:
         out: list[list[Scores | None]] = [[None] * len(self.entries) for _ in items]
         for k, e in enumerate(self.entries):
             crops = [item.crops[k] for item in items]
-            for batch in batches_by_shape(crops, self.batch_size):
+            for batch in batches_by_shape(crops, self.batch_size, self.max_pixels):
                 x = torch.stack([to_tensor(crops[i]) for i in batch])
                 loss1, loss2 = reconstruction_losses(e.model, x)
                 for j, i in enumerate(batch):

@@ -117,3 +117,14 @@ def test_missing_model_is_one_line_exit_2_without_traceback(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
     assert result.stderr.startswith("aedr: error: model ") and "does not exist" in result.stderr
+
+
+def test_a_calibration_fitted_in_fp32_is_refused_for_bf16_weights(model_dir, images_dir, tmp_path, capsys):
+    own = tmp_path / "own"
+    own.mkdir()
+    for i, im in enumerate(random_images(6, 32, 32, seed=8)):
+        Image.fromarray(im).save(own / f"{i}.png")
+    cal = tmp_path / "fp32.json"
+    assert main(["calibrate", "--model", str(model_dir), "--images", str(own), "--out", str(cal), "--quiet"]) == 0
+    code = main(["score", "--model", str(model_dir), "--dtype", "bf16", "--calibration", str(cal), str(images_dir)])
+    assert code == 2 and "--dtype" in capsys.readouterr().err

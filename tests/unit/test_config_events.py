@@ -139,3 +139,19 @@ def test_event_id_hint_and_alert():
     alert = json.loads(alert_message(event, matches, "2026-11-28T00:00:00Z"))
     assert alert["best_match"]["model"] == "a"  # 0.5 < 0.9: furthest below its threshold
     assert alert["event_id"] == "e1" and alert["metadata"] == {"user": "u1"} and len(alert["matches"]) == 2
+
+
+def test_passwords_are_refused_in_the_file_and_accepted_from_the_environment(tmp_path):
+    path = tmp_path / "w.toml"
+    path.write_text('[database]\nurl = "postgresql+psycopg2://aedr:hunter2@db/aedr"\n')
+    with pytest.raises(ConfigError, match="contains a password") as info:
+        load_settings(path, {})
+    assert "hunter2" not in str(info.value)
+    path.write_text('[kafka]\nsasl_password = "hunter2"\n')
+    with pytest.raises(ConfigError, match="AEDR_KAFKA__SASL_PASSWORD"):
+        load_settings(path, {})
+    path.write_text('[database]\nurl = "postgresql+psycopg2://aedr@db/aedr"\n')
+    env = {"AEDR_DATABASE__URL": "postgresql+psycopg2://aedr:hunter2@db/aedr", "AEDR_KAFKA__SASL_PASSWORD": "pw"}
+    settings = load_settings(path, env)
+    assert settings.database.url.endswith("hunter2@db/aedr") and settings.kafka.sasl_password == "pw"
+    assert "hunter2" not in mask_url(settings.database.url)

@@ -120,7 +120,7 @@ def watchlist() -> Watchlist:
         model = from_module(build_module(variant, seed=seed), "kl" if variant == "kl" else "vq", name=name)
         own = score_images(model, random_images(20, 32, 32, seed=seed))
         scores = [s.score for s in own]
-        calibration = Calibration.fit(name, model.weights_sha256, preprocessing_spec(model.spatial_factor, None),
+        calibration = Calibration.fit(name, model.weights_sha256, preprocessing_spec(model.spatial_factor, None, model.dtype),
                                       scores, alpha=0.5)  # τ at the median: about half the images match
         entries.append(WatchedModel(name, model, calibration, None))
     return Watchlist(entries, batch_size=8)
@@ -240,7 +240,7 @@ def test_a_partition_that_moves_is_not_committed_and_nothing_is_dropped(watchlis
     consumer = FakeConsumer({0: values[:6], 1: values[6:]})
     store = MemoryStore()
     worker = make_worker(consumer, watchlist, store, max_size=4, max_buffered=12)
-    while worker._inflight is None:
+    while not worker._inflight:
         worker.step()
     moved = TopicPartition("uploads", 1)
     worker.on_partitions_revoked([moved])  # p1 moves to another worker …
@@ -249,3 +249,20 @@ def test_a_partition_that_moves_is_not_committed_and_nothing_is_dropped(watchlis
     assert len(store.rows) == 12  # … everything fetched is still stored (idempotently) …
     assert moved not in consumer.committed  # … but only the new owner commits p1
     assert consumer.committed == {TopicPartition("uploads", 0): 6}
+
+
+def test_hostile_events_get_their_specific_reasons(watchlist):
+    """A slice of the hostile corpus through the worker's prepare stage (the integration test
+    sends ≥ 10 000 through a real worker)."""
+    from tests.hostile import SCORED, corpus
+    from worker.images import ImageLimits
+
+    worker = make_worker(FakeConsumer({0: []}), watchlist)
+    worker.image_limits = ImageLimits(max_bytes=1 << 20)
+    wrong = []
+    for i, item in enumerate(corpus(n=1400, seed=3, oversized_mb=2)):
+        prepared = worker._prepare(Record("uploads", 0, i, b"k", item.value, []))
+        got = SCORED if prepared.image is not None else prepared.error.reason
+        if got not in item.expected.split("|"):
+            wrong.append((item.cls, item.expected, got, str(prepared.error)[:100]))
+    assert not wrong, wrong[:5]

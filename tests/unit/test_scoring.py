@@ -145,6 +145,14 @@ def test_gray_is_opencv_fixed_point():
     assert int(np.round(0.299 * 0 + 0.587 * 0 + 0.114 * 250)) == 28
 
 
+def test_homogeneity_equals_scikit_image_graycoprops():
+    from skimage.feature import graycomatrix, graycoprops
+
+    for image in random_images(4, 37, 53, seed=12):
+        glcm = graycomatrix(gray_levels(image), distances=[1], angles=[0], levels=32, symmetric=True, normed=True)
+        assert homogeneity(image) == pytest.approx(float(graycoprops(glcm, "homogeneity")[0, 0]), rel=1e-12)
+
+
 def test_homogeneity_matches_hand_written_glcm():
     for image in random_images(3, 33, 29, seed=9):
         assert homogeneity(image) == pytest.approx(reference_homogeneity(image), rel=1e-12)
@@ -156,3 +164,15 @@ def test_ratio_is_finite_when_second_loss_vanishes():
     s = combine(1e-3, 0.0, 0.5)
     assert s.ratio == pytest.approx(1e-3 / L2_FLOOR)
     assert np.isfinite(s.score) and s.score == pytest.approx(0.5 * s.ratio)
+
+
+def test_batches_respect_the_pixel_budget_and_keep_every_index():
+    from worker.scoring import batches_by_shape
+
+    crops = [np.zeros((128, 128, 3), np.uint8)] * 10 + [np.zeros((64, 64, 3), np.uint8)] * 20
+    batches = list(batches_by_shape(crops, batch_size=16, max_pixels=65_536))
+    assert sorted(i for b in batches for i in b) == list(range(30))
+    assert all(len(b) <= 4 for b in batches if b[0] < 10)  # 4 × 128² = 65 536
+    assert max(len(b) for b in batches if b[0] >= 10) == 16  # 16 × 64² = 65 536
+    huge = list(batches_by_shape([np.zeros((512, 512, 3), np.uint8)] * 3, batch_size=16, max_pixels=65_536))
+    assert [len(b) for b in huge] == [1, 1, 1]  # never fewer than one image

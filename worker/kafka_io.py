@@ -123,6 +123,7 @@ class LocalBroker:
 
     port: int = 0
     log_path: Path | None = None
+    advertised_port: int = 0  # a different port when clients reach the broker through a proxy
     _process: subprocess.Popen | None = field(default=None, init=False)
 
     @property
@@ -132,9 +133,10 @@ class LocalBroker:
     def start(self, timeout_s: float = 10.0) -> "LocalBroker":
         self.port = self.port or free_port()
         url = f"tcp://127.0.0.1:{self.port}"
+        advertised = f"tcp://127.0.0.1:{self.advertised_port or self.port}"
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         self._process = subprocess.Popen(
-            [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+            [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", advertised,
              "--storage-engine", "memory://tansu/"],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )

@@ -155,6 +155,7 @@ class Deployment:
     models: list[str]
     topic: str = field(default_factory=lambda: f"uploads-{uuid.uuid4().hex[:8]}")
     max_size: int = 8
+    extra_toml: str = ""  # more sections, e.g. "[images]\nmax_bytes = 4194304"
     procs: list[subprocess.Popen] = field(default_factory=list)
 
     @property
@@ -177,6 +178,7 @@ class Deployment:
             "[metrics]", 'host = "127.0.0.1"', f"port = {metrics_port}",
             "[scoring]", 'device = "cpu"',
         ]
+        lines.append(self.extra_toml)
         for name in self.models:
             m = zoo_model(name)
             lines += ["[[watchlist]]", f'name = "{name}"', f'model = "{m.path}"', f'calibration = "{m.calibration_path}"']
@@ -238,10 +240,13 @@ def read_topic(bootstrap: str, topic: str, expected: int, timeout_s: float = 30)
     consumer.seek_to_beginning(*partitions)
     records: list = []
     deadline = time.monotonic() + timeout_s
+    quiet = 0
     while time.monotonic() < deadline:
-        for batch in consumer.poll(timeout_ms=500).values():
+        batches = consumer.poll(timeout_ms=300)
+        for batch in batches.values():
             records.extend(batch)
-        if len(records) >= expected and not consumer.poll(timeout_ms=300):
+        quiet = 0 if batches else quiet + 1
+        if len(records) >= expected and quiet >= 2:  # the expected count, then nothing more for 0.6 s
             break
     consumer.close()
     return records
@@ -254,3 +259,63 @@ def wait_for(predicate, timeout_s: float, what: str, interval: float = 0.25, dia
             return
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}\n{diagnostics()}")
+
+
+def produce_values(bootstrap: str, topic: str, values: list[bytes], partitions: int = 4) -> list[tuple[int, int]]:
+    """Publish raw values; returns (partition, offset) of each, as the broker acknowledged."""
+    from kafka import KafkaProducer
+
+    from worker.config import KafkaSettings
+    from worker.kafka_io import ensure_topics
+
+    ensure_topics(KafkaSettings(bootstrap_servers=bootstrap), partitions=partitions,
+                  topics=[topic, f"{topic}.alerts", f"{topic}.dlq"])
+    producer = KafkaProducer(bootstrap_servers=[bootstrap], max_request_size=48 * 1024 * 1024, linger_ms=5)
+    futures = [producer.send(topic, value=v, key=str(i).encode()) for i, v in enumerate(values)]
+    producer.flush()
+    positions = [(f.get(timeout=60).partition, f.get(timeout=60).offset) for f in futures]
+    producer.close()
+    return positions
+
+
+def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int = 4) -> dict[int, int]:
+    from kafka import TopicPartition
+    from kafka.admin import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=[bootstrap])
+    try:
+        result = admin.list_group_offsets({group: [TopicPartition(topic, p) for p in range(partitions)]})[group]
+    finally:
+        admin.close()
+    return {tp.partition: om.offset for tp, om in result.items() if om.offset is not None and om.offset >= 0}
+
+
+def assert_committed_work_is_stored(store, bootstrap: str, group: str, topic: str) -> dict[int, int]:
+    """The at-least-once invariant: below each partition's committed offset, every message has
+    its events row. Returns the committed offsets."""
+    committed = committed_offsets(bootstrap, group, topic)
+    stored = {(r["partition"], r["offset"]) for r in store.events() if r["topic"] == topic}
+    for partition, offset in committed.items():
+        missing = [o for o in range(offset) if (partition, o) not in stored]
+        assert not missing, f"partition {partition}: offsets {missing[:10]} committed but not stored"
+    return committed
+
+
+def record(scenario: dict) -> None:
+    """Append a scenario's figures to $AEDR_RELIABILITY_REPORT (JSON lines), and print them."""
+    print("RELIABILITY", json.dumps(scenario))
+    path = os.environ.get("AEDR_RELIABILITY_REPORT")
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps(scenario) + "\n")
+
+
+def http_status(port: int, path: str) -> int:
+    """The status code of GET http://127.0.0.1:port/path (errors included)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        return urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5).status
+    except urllib.error.HTTPError as exc:
+        return exc.code

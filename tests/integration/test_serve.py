@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 import re
 import signal
-import urllib.error
 import urllib.request
 from collections import Counter
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.conftest import Deployment, make_corpus, produce, read_topic, wait_for
+from tests.integration.conftest import Deployment, make_corpus, produce, read_topic, record, wait_for
+from tests.integration.conftest import http_status as status
 from worker.calibration import Calibration
 from worker.models import load_autoencoder
 from worker.scoring import score_images
@@ -30,12 +30,6 @@ def scrape(port: int) -> dict[tuple[str, tuple], float]:
         for s in family.samples
     }
 
-
-def status(port: int, path: str) -> int:
-    try:
-        return urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5).status
-    except urllib.error.HTTPError as exc:
-        return exc.code
 
 
 def test_serve_end_to_end(broker, pg_url, tmp_path):
@@ -167,6 +161,8 @@ def test_second_worker_joining_and_leaving_loses_and_duplicates_nothing(broker, 
         rows = store.attributions()
         assert Counter(r["event_id"] for r in rows) == Counter({e: len(MODELS) for e in corpus.images})
         assert len(store.events()) == n
+        record({"fault": "rebalance: a second worker joins, then leaves, mid-stream", "seed": 3, "trials": 1,
+                "produced": n, "stored": n, "lost": 0, "duplicated": 0, "dead_lettered": 0, "restarts": 0})
     finally:
         dep.stop_all()
         store.close()

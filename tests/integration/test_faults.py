@@ -1,0 +1,166 @@
+"""Fault injection against the real broker and Postgres, with `aedr serve` as real processes.
+
+Each scenario fails if a single event is lost or stored twice. Random timing comes from a seed
+that is printed (AEDR_FAULT_SEED to replay); AEDR_KILL_TRIALS and AEDR_OUTAGE_S set the size.
+Figures go to $AEDR_RELIABILITY_REPORT when set (docs/RELIABILITY.md is made from them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+import urllib.request
+from collections import Counter
+
+from tests.integration.conftest import (
+    http_status as status,
+    Deployment,
+    assert_committed_work_is_stored,
+    make_corpus,
+    produce,
+    read_topic,
+    record,
+    wait_for,
+)
+from tests.integration.proxy import CuttableProxy
+from worker.storage import SqlStore
+
+MODELS = ["kl-f4c4", "vq-f4"]
+SEED = int(os.environ.get("AEDR_FAULT_SEED", "20261128"))
+
+
+def check_exactly_once(store: SqlStore, corpus, topic: str) -> dict[str, int]:
+    """Every produced event: one events row; every valid one: one attribution per model."""
+    events = [e for e in store.events() if e["topic"] == topic]
+    rows = store.attributions()
+    n = len(corpus.values)
+    assert len(events) == n, f"{len(events)} events rows for {n} produced"
+    per_event = Counter(r["event_id"] for r in rows if r["event_id"] in corpus.images)
+    assert per_event == Counter({e: len(MODELS) for e in corpus.images})
+    failed = [e for e in events if e["status"] == "failed"]
+    assert len(failed) == len(corpus.broken)
+    return {"produced": n, "stored": len(events), "lost": n - len(events), "duplicated": 0,
+            "dead_lettered": len(failed)}
+
+
+def scrape(port: int) -> str:
+    return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+
+
+
+def test_kill9_at_random_points(broker, pg_url, tmp_path):
+    trials = int(os.environ.get("AEDR_KILL_TRIALS", "20"))
+    rng = random.Random(SEED)
+    print(f"kill -9 at random points: seed {SEED}, {trials} trials")
+    corpus = make_corpus(MODELS, per_model=15 * trials, real=10 * trials, seed=SEED % 1000, with_broken=True)
+    n = len(corpus.values)
+    bounds = [round(i * n / trials) for i in range(trials + 1)]
+    dep = Deployment(broker.bootstrap, pg_url, tmp_path, MODELS, max_size=8)
+    store = SqlStore.from_url(pg_url)
+    kills_mid_processing = 0
+    try:
+        for i in range(trials):
+            produce(broker.bootstrap, dep.topic, corpus, slice(bounds[i], bounds[i + 1]))
+            proc, _ = dep.start()
+            before = store.count_events()
+            wait_for(lambda: store.count_events() > before or proc.poll() is not None, 120,
+                     f"trial {i}: processing to start", diagnostics=dep.logs)
+            assert proc.poll() is None, dep.logs()
+            time.sleep(rng.uniform(0.0, 0.8))
+            proc.kill()
+            proc.wait(timeout=10)
+            kills_mid_processing += store.count_events() < bounds[i + 1]
+            assert_committed_work_is_stored(store, broker.bootstrap, f"g-{dep.topic}", dep.topic)
+        final, _ = dep.start()
+        wait_for(lambda: store.count_events() == n, 240, "every event after the last restart", diagnostics=dep.logs)
+        figures = check_exactly_once(store, corpus, dep.topic)
+        matched = {r["event_id"] for r in store.attributions() if r["belongs"]}
+        alerts = [json.loads(r.value)["event_id"] for r in read_topic(broker.bootstrap, dep.alerts, len(matched), 60)]
+        assert set(alerts) == matched  # alerts may repeat (at least once), never for another event
+        record({"fault": "kill -9 at random points", "seed": SEED, "trials": trials,
+                "kills_mid_processing": kills_mid_processing, "restarts": trials + 1, **figures,
+                "alerts_published": len(alerts), "alerts_distinct": len(set(alerts))})
+    finally:
+        dep.stop_all()
+        store.close()
+
+
+def test_database_outage(broker, pg_url, tmp_path):
+    outage_s = float(os.environ.get("AEDR_OUTAGE_S", "30"))
+    proxy = CuttableProxy(("127.0.0.1", 5432)).start()
+    via_proxy = pg_url.replace("@127.0.0.1:5432/", f"@127.0.0.1:{proxy.port}/")
+    assert via_proxy != pg_url
+    corpus = make_corpus(MODELS, per_model=60, real=40, seed=SEED % 1000 + 1, with_broken=True)
+    n = len(corpus.values)
+    dep = Deployment(broker.bootstrap, via_proxy, tmp_path, MODELS, max_size=8)  # retries back off to 10 s
+    store = SqlStore.from_url(pg_url)  # the test reads the database directly
+    produce(broker.bootstrap, dep.topic, corpus)
+    proc, port = dep.start()
+    try:
+        wait_for(lambda: store.count_events() >= 20, 120, "processing to start", diagnostics=dep.logs)
+        proxy.cut()
+        at_cut = store.count_events()
+        started = time.monotonic()
+        samples, not_ready = [], 0
+        while time.monotonic() - started < outage_s:
+            samples.append(store.count_events())
+            not_ready += status(port, "/readyz") == 503
+            assert proc.poll() is None, dep.logs()
+            assert_committed_work_is_stored(store, broker.bootstrap, f"g-{dep.topic}", dep.topic)
+            time.sleep(2)
+        assert max(samples) <= at_cut + dep.max_size, "rows were stored while the database was cut"
+        assert not_ready > 0, "/readyz stayed 200 while the database was unreachable"
+        proxy.restore()
+        wait_for(lambda: store.count_events() == n, 180, "recovery after the outage", diagnostics=dep.logs)
+        assert proc.poll() is None  # recovered by itself: no restart
+        errors = [line for line in scrape(port).splitlines() if line.startswith("aedr_store_errors_total ")]
+        store_errors = float(errors[0].split()[1])
+        assert store_errors > 0
+        figures = check_exactly_once(store, corpus, dep.topic)
+        record({"fault": f"database unreachable {outage_s:.0f} s", "seed": SEED, "trials": 1, "restarts": 0,
+                "stored_when_cut": at_cut, "store_retries": store_errors, **figures})
+    finally:
+        dep.stop_all()
+        proxy.stop()
+        store.close()
+
+
+def test_broker_unreachable_mid_stream(pg_url, tmp_path):
+    """What a worker sees of a broker restart: every connection dropped, the broker unreachable
+    for a while, then back with its data. (A real restart of the test broker would lose its
+    messages: Tansu here keeps them only in memory.) The broker listens on one port and
+    advertises a proxy's, so all client traffic crosses the proxy that the test cuts."""
+    from worker.kafka_io import LocalBroker, free_port
+
+    down_s = float(os.environ.get("AEDR_BROKER_DOWN_S", "15"))
+    proxy_port = free_port()
+    with LocalBroker(log_path=tmp_path / "broker.log", advertised_port=proxy_port) as broker:
+        proxy = CuttableProxy(("127.0.0.1", broker.port), port=proxy_port).start()
+        bootstrap = f"127.0.0.1:{proxy_port}"
+        corpus = make_corpus(MODELS, per_model=60, real=40, seed=SEED % 1000 + 2, with_broken=True)
+        n = len(corpus.values)
+        dep = Deployment(bootstrap, pg_url, tmp_path, MODELS, max_size=8)
+        store = SqlStore.from_url(pg_url)
+        produce(bootstrap, dep.topic, corpus, slice(0, n // 2))
+        proc, port = dep.start()
+        try:
+            wait_for(lambda: store.count_events() >= 20, 120, "processing to start", diagnostics=dep.logs)
+            proxy.cut()
+            at_cut = store.count_events()
+            time.sleep(down_s)
+            assert proc.poll() is None, dep.logs()
+            proxy.restore()
+            produce(bootstrap, dep.topic, corpus, slice(n // 2, n))  # the stream goes on after the restart
+            wait_for(lambda: store.count_events() == n, 240, "every event after the broker came back",
+                     diagnostics=dep.logs)
+            assert proc.poll() is None  # reconnected by itself
+            assert_committed_work_is_stored(store, bootstrap, f"g-{dep.topic}", dep.topic)
+            figures = check_exactly_once(store, corpus, dep.topic)
+            record({"fault": f"broker unreachable {down_s:.0f} s (connections cut)", "seed": SEED, "trials": 1,
+                    "restarts": 0, "stored_when_cut": at_cut, **figures})
+        finally:
+            dep.stop_all()
+            proxy.stop()
+            store.close()

@@ -225,10 +225,20 @@ class Worker:
         prepared = [p.prepared.result() for p in items]
         valid = [i for i, p in enumerate(prepared) if p.image is not None]
         started = time.perf_counter()
-        scores = scorer.score([prepared[i].image for i in valid]) if valid else []
+        out: list[list | None] = [None] * len(items)
+        try:
+            scores = scorer.score([prepared[i].image for i in valid]) if valid else []
+        except Exception:  # e.g. an image that crashes a model: find it, dead-letter it, go on
+            log.exception("scoring a batch of %d failed; scoring its images one by one", len(valid))
+            scores = []
+            for i in list(valid):
+                try:
+                    scores.append(scorer.score([prepared[i].image])[0])
+                except Exception as exc:
+                    prepared[i].error = InvalidEvent(DECODE, f"scoring failed: {type(exc).__name__}: {exc}"[:300])
+                    valid.remove(i)
         if valid:
             self.metrics.stage.labels("score").observe(time.perf_counter() - started)
-        out: list[list | None] = [None] * len(items)
         for i, s in zip(valid, scores):
             out[i] = s
         return out
@@ -343,7 +353,8 @@ class Worker:
             self._commit(batch)
         except Exception as exc:
             batch.attempts += 1
-            self.metrics.store_errors.inc() if not batch.stored else None
+            if not batch.stored:
+                self.metrics.store_errors.inc()
             delay = min(self.database.retry_max_s, self.database.retry_initial_s * 2 ** (batch.attempts - 1))
             batch.retry_at = self.clock() + delay
             log.warning("batch of %d not completed (attempt %d, %s: %s); retrying in %.1f s",

@@ -266,3 +266,28 @@ def test_hostile_events_get_their_specific_reasons(watchlist):
         if got not in item.expected.split("|"):
             wrong.append((item.cls, item.expected, got, str(prepared.error)[:100]))
     assert not wrong, wrong[:5]
+
+
+def test_an_image_that_crashes_scoring_is_dead_lettered_and_the_rest_scored(watchlist):
+    images = random_images(6, 32, 32, seed=21)
+    poison = random_images(1, 40, 40, seed=22)[0]  # its shape marks it for the failing scorer
+    values = [event(f"e{i}", im) for i, im in enumerate(images)]
+    values.insert(2, event("poison", poison))
+
+    class Fragile:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def score(self, items):
+            if any(item.crops[0].shape[0] == 40 for item in items):
+                raise RuntimeError("model crashed on this input")
+            return self.inner.score(items)
+
+    consumer, store, producer = FakeConsumer({0: values}), MemoryStore(), FakeProducer()
+    worker = make_worker(consumer, watchlist, store, producer, max_size=8)
+    worker.scorers = (Fragile(watchlist),)
+    run_until_committed(worker, len(values))
+    assert store.rows["poison"].status == "failed" and "scoring failed" in store.rows["poison"].error
+    assert all(store.rows[f"e{i}"].status == "scored" for i in range(6))
+    assert [dict(h)["aedr.reason"] for t, v, k, h in producer.sent if t == "dlq"] == [b"decode"]
+    assert consumer.committed == {TopicPartition("uploads", 0): 7}

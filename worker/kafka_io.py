@@ -65,13 +65,19 @@ def make_consumer(
 
 
 def make_producer(settings: KafkaSettings):
-    """An idempotent producer (acks=all) for alerts and dead letters."""
+    """A producer (acks=all) for alerts and dead letters.
+
+    Not idempotent: alerts and dead letters are at least once by design (a batch is published
+    again after a crash), so idempotence buys nothing here, while its producer-id state does
+    not survive a broker that lost it: kafka-python then fails InitProducerId, enters a fatal
+    state and refuses every send (seen in tests/integration/test_faults.py)."""
     from kafka import KafkaProducer
 
     return KafkaProducer(
         bootstrap_servers=settings.bootstrap_servers.split(","),
         client_id=f"{settings.client_id}-producer",
         acks="all",
+        enable_idempotence=False,
         linger_ms=5,
         max_request_size=settings.max_request_size,
         retries=5,

@@ -113,6 +113,8 @@ class Worker:
     stop_event: threading.Event = field(default_factory=threading.Event)
     # One scorer per device (replicas of the watchlist); batches go to them in turn.
     scorers: Sequence[Watchlist] = ()
+    # Builds a new producer when publishing fails: a client in a fatal state never recovers.
+    producer_factory: Callable[[], Producer] | None = None
 
     def __post_init__(self) -> None:
         self._buffer: deque[Pending] = deque()
@@ -355,12 +357,25 @@ class Worker:
             batch.attempts += 1
             if not batch.stored:
                 self.metrics.store_errors.inc()
+            elif not batch.produced and self.producer_factory is not None:
+                self._replace_producer()
             delay = min(self.database.retry_max_s, self.database.retry_initial_s * 2 ** (batch.attempts - 1))
             batch.retry_at = self.clock() + delay
             log.warning("batch of %d not completed (attempt %d, %s: %s); retrying in %.1f s",
                         len(batch.items), batch.attempts, type(exc).__name__, exc, delay)
             return False
         return True
+
+    def _replace_producer(self) -> None:
+        try:
+            self.producer.close(timeout=0)  # type: ignore[attr-defined]
+        except Exception:
+            pass
+        try:
+            self.producer = self.producer_factory()  # type: ignore[misc]
+            log.info("publishing failed: replaced the producer")
+        except Exception as exc:  # broker still away: the next attempt tries again
+            log.warning("could not create a new producer yet: %s", exc)
 
     def _commit(self, batch: InFlight) -> None:
         from kafka.structs import OffsetAndMetadata

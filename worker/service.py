@@ -56,10 +56,9 @@ class Service:
         if batch.prepare_threads < 0:  # auto: overlap with a GPU; inline on a CPU (docs/PERFORMANCE.md)
             on_gpu = self.watchlist.entries[0].model.device.type == "cuda"
             batch = dataclasses.replace(batch, prepare_threads=4 if on_gpu else 0)
-        self.producer = make_producer(settings.kafka)
         self.worker = Worker(
             consumer=None,  # type: ignore[arg-type]  # set below: the listener needs the worker
-            producer=self.producer,
+            producer=make_producer(settings.kafka),
             store=self.store,
             watchlist=self.watchlist,
             fetcher=Fetcher(settings.fetch, limits.max_bytes),
@@ -70,6 +69,7 @@ class Service:
             image_limits=limits,
             stop_event=self.stop,
             scorers=scorers,
+            producer_factory=lambda: make_producer(settings.kafka),
         )
         self.worker.consumer = make_consumer(
             settings.kafka, self.worker.on_partitions_revoked, self.worker.on_partitions_assigned
@@ -95,7 +95,8 @@ class Service:
 
     def close(self) -> None:
         self.stop.set()
-        for step in (self.worker.consumer.close, lambda: self.producer.close(timeout=10), self.server.stop, self.store.close):
+        for step in (self.worker.consumer.close, lambda: self.worker.producer.close(timeout=10), self.server.stop,
+                     self.store.close):
             try:
                 step()
             except Exception as exc:  # closing must not hide the reason we are closing

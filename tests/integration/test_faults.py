@@ -164,3 +164,43 @@ def test_broker_unreachable_mid_stream(pg_url, tmp_path):
             dep.stop_all()
             proxy.stop()
             store.close()
+
+
+def test_broker_process_restart(pg_url, tmp_path):
+    """A real restart of the broker process. This Tansu keeps messages in memory only, so the
+    restart is placed where that loses nothing: the worker has committed wave 1. The new broker
+    starts empty; wave 2 is published to it (smaller per partition than wave 1, so the worker's
+    old positions point past the new logs and it must reset). The worker reconnects, rejoins a
+    group the new broker never saw, and stores every wave-2 event: no worker restart."""
+    from worker.kafka_io import LocalBroker, free_port
+
+    from tests.integration.conftest import produce_values
+
+    port = free_port()
+    first = LocalBroker(port=port, log_path=tmp_path / "broker-1.log").start()
+    corpus = make_corpus(MODELS, per_model=40, real=40, seed=SEED % 1000 + 3, with_broken=False)
+    n = len(corpus.values)
+    wave1, wave2 = corpus.values[: n * 2 // 3], corpus.values[n * 2 // 3 :]
+    dep = Deployment(first.bootstrap, pg_url, tmp_path, MODELS, max_size=8)
+    store = SqlStore.from_url(pg_url)
+    second = None
+    try:
+        positions1 = produce_values(first.bootstrap, dep.topic, wave1)
+        proc, _ = dep.start()
+        wait_for(lambda: store.count_events() == len(wave1), 180, "wave 1", diagnostics=dep.logs)
+        assert_committed_work_is_stored(store, first.bootstrap, f"g-{dep.topic}", dep.topic)
+        first.stop()
+        time.sleep(3)
+        second = LocalBroker(port=port, log_path=tmp_path / "broker-2.log").start()
+        positions2 = produce_values(second.bootstrap, dep.topic, wave2)
+        per1, per2 = Counter(p for p, _ in positions1), Counter(p for p, _ in positions2)
+        assert all(per2[p] < per1[p] for p in per2), "test set-up: wave 2 must be smaller per partition"
+        wait_for(lambda: store.count_events() == n, 240, "wave 2 after the broker restart", diagnostics=dep.logs)
+        assert proc.poll() is None, dep.logs()  # reconnected by itself
+        figures = check_exactly_once(store, corpus, dep.topic)
+        record({"fault": "broker process restarted (between waves; memory storage)", "seed": SEED, "trials": 1,
+                "restarts": 0, **figures})
+    finally:
+        dep.stop_all()
+        store.close()
+        (second or first).stop()

@@ -291,3 +291,16 @@ def test_an_image_that_crashes_scoring_is_dead_lettered_and_the_rest_scored(watc
     assert all(store.rows[f"e{i}"].status == "scored" for i in range(6))
     assert [dict(h)["aedr.reason"] for t, v, k, h in producer.sent if t == "dlq"] == [b"decode"]
     assert consumer.committed == {TopicPartition("uploads", 0): 7}
+
+
+def test_a_producer_that_keeps_failing_is_replaced(watchlist):
+    values = [event(f"e{i}", im) for i, im in enumerate(random_images(8, 32, 32, seed=4))]
+    consumer = FakeConsumer({0: values})
+    broken = FakeProducer()
+    broken.fail_next = 10**9  # a producer in a fatal state: every send fails
+    fresh = FakeProducer()
+    worker = make_worker(consumer, watchlist, producer=broken, max_size=8)
+    worker.producer_factory = lambda: fresh
+    run_until_committed(worker, 8)
+    assert worker.producer is fresh and any(t == "alerts" for t, *_ in fresh.sent)
+    assert consumer.committed == {TopicPartition("uploads", 0): 8}

@@ -135,20 +135,13 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
             return value
         if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
             return value.lower() in ("1", "true", "yes", "on")
-    elif annotation is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
+    elif annotation in (int, float):
+        accepted = (int,) if annotation is int else (int, float)  # an int is a valid float
+        if isinstance(value, accepted) and not isinstance(value, bool):
+            return annotation(value)
         if isinstance(value, str):
             try:
-                return int(value)
-            except ValueError:
-                pass
-    elif annotation is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
+                return annotation(value)
             except ValueError:
                 pass
     elif annotation is str:

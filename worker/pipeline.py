@@ -124,6 +124,7 @@ class Worker:
         self._paused = False
         self._stop = self.stop_event
         self._committed: dict[Any, int] = {}
+        self._lag_partitions: set[Any] = set()
         # prepare_threads = 0: each batch is prepared on its scoring thread just before scoring.
         # On a CPU that beats overlapping it: concurrent work stalls torch's parallel regions.
         self._prepare_pool = (ThreadPoolExecutor(self.batch.prepare_threads, thread_name_prefix="prepare")
@@ -434,7 +435,13 @@ class Worker:
     # ------------------------------------------------------------ lag
 
     def _update_lag(self) -> None:
-        for tp in self.consumer.assignment():
+        """Lag per assigned partition; a partition that moved is dropped from the gauge, or the
+        summed lag (dashboards, scaling) would count it twice."""
+        assigned = self.consumer.assignment()
+        for tp in self._lag_partitions - assigned:
+            self.metrics.lag.remove(tp.topic, str(tp.partition))
+        self._lag_partitions = set(assigned)
+        for tp in assigned:
             high = self.consumer.highwater(tp)
             if high is None:
                 continue

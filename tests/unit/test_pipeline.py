@@ -304,3 +304,17 @@ def test_a_producer_that_keeps_failing_is_replaced(watchlist):
     run_until_committed(worker, 8)
     assert worker.producer is fresh and any(t == "alerts" for t, *_ in fresh.sent)
     assert consumer.committed == {TopicPartition("uploads", 0): 8}
+
+
+def test_lag_gauge_drops_partitions_that_moved(watchlist):
+    values = [event(f"e{i}", im) for i, im in enumerate(random_images(4, 32, 32, seed=9))]
+    consumer = FakeConsumer({0: values[:2], 1: values[2:]})
+    worker = make_worker(consumer, watchlist)
+    run_until_committed(worker, 4)
+    worker.step()
+    labels = lambda: {s.labels["partition"] for f in worker.metrics.registry.collect() for s in f.samples
+                      if s.name == "aedr_consumer_lag"}
+    assert labels() == {"0", "1"}
+    del consumer.logs[TopicPartition("uploads", 1)]  # partition 1 moved to another worker
+    worker.step()
+    assert labels() == {"0"}

@@ -139,14 +139,6 @@ class Worker:
 
     # ------------------------------------------------------------ lifecycle
 
-    def request_stop(self) -> None:
-        """Ask the loop to finish the in-flight batch, commit, and return (signal-safe)."""
-        self._stop.set()
-
-    @property
-    def stopping(self) -> bool:
-        return self._stop.is_set()
-
     def run(self, until: Callable[[], bool] | None = None) -> None:
         """Consume until stopped (or `until()` is true); then finish cleanly."""
         try:

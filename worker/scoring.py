@@ -178,15 +178,21 @@ def pixel_budget(device: torch.device) -> int | None:
 
 
 def score_crops(
-    model: AutoencoderLike, crops: Sequence[np.ndarray], batch_size: int = 16, max_pixels: int | None = None
+    model: AutoencoderLike,
+    crops: Sequence[np.ndarray],
+    batch_size: int = 16,
+    max_pixels: int | None = None,
+    homogeneities: Sequence[float] | None = None,
 ) -> list[Scores]:
-    """Scores for images already cropped for `model` (RGB uint8), batched by shape."""
+    """Scores for images already cropped for `model` (RGB uint8), batched by shape. The
+    crops' homogeneities are computed here unless given (the worker computes them earlier)."""
     results: list[Scores | None] = [None] * len(crops)
     for batch in batches_by_shape(crops, batch_size, max_pixels):
         x = torch.stack([to_tensor(crops[i]) for i in batch])
         loss1, loss2 = reconstruction_losses(model, x)
         for j, i in enumerate(batch):
-            results[i] = combine(float(loss1[j]), float(loss2[j]), homogeneity(crops[i]))
+            h = homogeneities[i] if homogeneities is not None else homogeneity(crops[i])
+            results[i] = combine(float(loss1[j]), float(loss2[j]), h)
     return results  # type: ignore[return-value]
 
 

@@ -2,7 +2,7 @@
 two halves the stream worker runs on different threads.
 
 `prepare` (CPU, any thread, per image): crop for each model and compute its GLCM homogeneity.
-`score` (the one scoring thread, per batch): double reconstruction per model, batched by shape,
+`score` (a scoring thread, per batch): double reconstruction per model, batched by shape,
 then the verdict t' < τ. Splitting this way keeps the model busy: the next batch is prepared
 while this one runs through the autoencoders.
 """
@@ -13,21 +13,10 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
-import torch
 
 from .calibration import Calibration, CalibrationError
 from .models import Autoencoder, load_autoencoder
-from .scoring import (
-    Scores,
-    batches_by_shape,
-    combine,
-    crop_box,
-    homogeneity,
-    pixel_budget,
-    preprocessing_spec,
-    reconstruction_losses,
-    to_tensor,
-)
+from .scoring import Scores, crop_box, homogeneity, pixel_budget, preprocessing_spec, score_crops
 from .storage import AttributionRecord, CalibrationRecord
 
 
@@ -78,10 +67,6 @@ class Watchlist:
         budget = pixel_budget(entries[0].model.device) if max_pixels < 0 and entries else (max_pixels or None)
         return cls(entries, batch_size, budget)
 
-    @property
-    def names(self) -> list[str]:
-        return [e.name for e in self.entries]
-
     def calibration_records(self) -> list[CalibrationRecord]:
         return [
             CalibrationRecord(
@@ -110,15 +95,12 @@ class Watchlist:
 
     def score(self, items: Sequence[PreparedImage]) -> list[list[Scores]]:
         """Scores[i][k]: image i against model k."""
-        out: list[list[Scores | None]] = [[None] * len(self.entries) for _ in items]
-        for k, e in enumerate(self.entries):
-            crops = [item.crops[k] for item in items]
-            for batch in batches_by_shape(crops, self.batch_size, self.max_pixels):
-                x = torch.stack([to_tensor(crops[i]) for i in batch])
-                loss1, loss2 = reconstruction_losses(e.model, x)
-                for j, i in enumerate(batch):
-                    out[i][k] = combine(float(loss1[j]), float(loss2[j]), items[i].homogeneity[k])
-        return out  # type: ignore[return-value]
+        per_model = [
+            score_crops(e.model, [item.crops[k] for item in items], self.batch_size, self.max_pixels,
+                        [item.homogeneity[k] for item in items])
+            for k, e in enumerate(self.entries)
+        ]
+        return [list(scores) for scores in zip(*per_model)]
 
     def verdicts(self, scores: Sequence[Scores]) -> list[AttributionRecord]:
         """One attribution per model for one image's scores."""

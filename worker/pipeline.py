@@ -4,13 +4,15 @@ Delivery is at least once and nothing is lost:
 - offsets are committed only after the batch's rows are committed in the database and its
   alerts and dead letters are acknowledged by the broker; writes are idempotent, so a batch
   that comes again after a crash or rebalance changes nothing;
-- one batch is scored at a time, on its own thread, while the consumer thread keeps polling (and
-  preparing the next batch on a bounded pool); partitions are paused while `max_buffered`
-  events wait, so a slow batch never starves `max.poll.interval.ms` nor grows memory;
-- a bad event becomes a dead letter with a reason and a `failed` row; the worker goes on;
+- batches are scored on their own thread (one per device), up to two queued per scorer, while
+  the consumer thread keeps polling; partitions are paused while `max_buffered` events wait,
+  so a slow batch never starves `max.poll.interval.ms` nor grows memory;
+- a bad event becomes a dead letter with a reason and a `failed` row; an image that makes the
+  model raise is found and dead-lettered too; the worker goes on;
 - a store or broker failure is retried with backoff, polling (paused) all the while;
-- on revoke and on stop, the in-flight batch is finished and committed, buffered events are
-  dropped (their offsets were not committed, so the next owner gets them).
+- on revoke nothing is dropped: fetched events are processed in order, and offsets are
+  committed only for partitions still assigned; on stop, what was received is finished and
+  committed (30 s at most), and the rest goes to the next owner uncommitted.
 
 Kafka objects are used only through the few methods below (kafka-python's KafkaConsumer and
 KafkaProducer have them); everything else is plain Python, testable without a broker.
@@ -122,7 +124,6 @@ class Worker:
         # always has the next batch queued while the previous one is stored and committed.
         self._inflight: deque[InFlight] = deque()
         self._paused = False
-        self._stop = self.stop_event
         self._committed: dict[Any, int] = {}
         self._lag_partitions: set[Any] = set()
         # prepare_threads = 0: each batch is prepared on its scoring thread just before scoring.
@@ -142,7 +143,7 @@ class Worker:
     def run(self, until: Callable[[], bool] | None = None) -> None:
         """Consume until stopped (or `until()` is true); then finish cleanly."""
         try:
-            while not self._stop.is_set() and not (until and until()):
+            while not self.stop_event.is_set() and not (until and until()):
                 self.step()
         finally:
             self._drain()
@@ -243,7 +244,7 @@ class Worker:
     def _batch_ready(self) -> bool:
         if not self._buffer:
             return False
-        if len(self._buffer) >= self.batch.max_size or self._stop.is_set():
+        if len(self._buffer) >= self.batch.max_size or self.stop_event.is_set():
             return True
         return (self.clock() - self._buffer[0].received) * 1000.0 >= self.batch.max_wait_ms
 

@@ -30,17 +30,17 @@ log = logging.getLogger(__name__)
 
 class Service:
     def __init__(self, settings: Settings, registry: CollectorRegistry | None = None,
-                 metrics_port: int | None = None, stop: threading.Event | None = None):
+                 stop: threading.Event | None = None):
         self.settings = settings
         self.stop = stop or threading.Event()
         self.metrics = Metrics(registry or CollectorRegistry())
-        self.store = SqlStore.from_url(settings.database.resolved_url())
+        database_url = settings.database.resolved_url()  # reads the secret file once
+        self.store = SqlStore.from_url(database_url)
         self._ready_cache = (0.0, False)
-        self.watchlist: Watchlist | None = None
-        port = settings.metrics.port if metrics_port is None else metrics_port
-        self.server = MetricsServer(self.metrics, settings.metrics.host, port, self.ready).start()
+        self.watchlist: Watchlist | None = None  # /readyz answers 503 until the models are loaded
+        self.server = MetricsServer(self.metrics, settings.metrics.host, settings.metrics.port, self.ready).start()
         log.info("metrics on http://%s:%d/metrics; database %s", settings.metrics.host, self.server.port,
-                 mask_url(settings.database.resolved_url()))
+                 mask_url(database_url))
         scoring = settings.scoring
         if scoring.threads > 0:
             torch.set_num_threads(scoring.threads)

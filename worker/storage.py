@@ -192,19 +192,17 @@ class SqlStore:
 
     # Read side, for the demo, tests and operators' scripts.
     def events(self) -> list[dict[str, Any]]:
-        with self.engine.connect() as conn:
-            rows = conn.execute(select(_EventRow.__table__)).mappings().all()
-        return [dict(r) for r in rows]
+        return self._all(_EventRow)
 
     def attributions(self) -> list[dict[str, Any]]:
-        with self.engine.connect() as conn:
-            rows = conn.execute(select(_AttributionRow.__table__)).mappings().all()
-        return [dict(r) for r in rows]
+        return self._all(_AttributionRow)
 
     def calibrations(self) -> list[dict[str, Any]]:
+        return self._all(_CalibrationRow)
+
+    def _all(self, row: type[Base]) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
-            rows = conn.execute(select(_CalibrationRow.__table__)).mappings().all()
-        return [dict(r) for r in rows]
+            return [dict(r) for r in conn.execute(select(row.__table__)).mappings().all()]
 
     def count_events(self) -> int:
         with self.engine.connect() as conn:

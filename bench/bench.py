@@ -40,6 +40,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from worker.allocator import keep_freed_memory  # noqa: E402
 from worker.kafka_io import LocalBroker, ensure_topics, free_port  # noqa: E402
 from worker.models import load_autoencoder  # noqa: E402
 from worker.scoring import homogeneity, pixel_budget, score_images  # noqa: E402
@@ -286,6 +287,7 @@ def main() -> None:
     parser.add_argument("--experiment", nargs="*", default=None, metavar="KEY=VALUE",
                         help="only run end to end (1 model) with these [batch] or scoring.* settings, e.g. prepare_threads=4")
     args = parser.parse_args()
+    keep_freed_memory()  # as the worker does: pure scoring gets the same allocator
     results: dict = {"machine": machine(), "args": vars(args)}
 
     log(f"generating {args.n} {args.size}² images with {args.model} …")

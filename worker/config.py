@@ -64,6 +64,19 @@ class BatchSettings:
     max_wait_ms: int = 50
     max_buffered: int = 64  # partitions are paused while this many events wait
     prepare_threads: int = -1  # fetch/decode/GLCM threads; 0 = on the scoring thread; -1 = auto (0 on CPU, 4 on CUDA)
+    # Batches in flight per scorer. 1: score, then store and commit, with nothing running beside
+    # the model; 2: store and commit one batch while the next is scored. -1 = auto (1 on CPU, 2 on CUDA).
+    inflight: int = -1
+
+    def resolved(self, on_gpu: bool) -> "BatchSettings":
+        """The automatic values made concrete. A GPU computes while the CPU prepares, stores and
+        commits beside it; on a CPU, torch's threads fill the cores and anything running beside
+        them slows them more than it saves (docs/PERFORMANCE.md)."""
+        return dataclasses.replace(
+            self,
+            prepare_threads=self.prepare_threads if self.prepare_threads >= 0 else (4 if on_gpu else 0),
+            inflight=self.inflight if self.inflight > 0 else (2 if on_gpu else 1),
+        )
 
 
 @dataclass(frozen=True)
@@ -98,6 +111,9 @@ class ScoringSettings:
     compile: str = "off"  # torch.compile mode: off | default | reduce-overhead | max-autotune
     channels_last: bool = True  # NHWC memory format for the autoencoders
     max_batch_pixels: int = -1  # pixels per autoencoder call: -1 = auto (65 536 on CPU, none on CUDA), 0 = none
+    # Fixed glibc malloc thresholds, so the scoring thread reuses its buffers instead of faulting
+    # fresh pages each batch (worker/allocator.py); off leaves malloc to MALLOC_* or LD_PRELOAD.
+    malloc_tuning: bool = True
 
 
 @dataclass(frozen=True)

@@ -4,9 +4,12 @@ Delivery is at least once and nothing is lost:
 - offsets are committed only after the batch's rows are committed in the database and its
   alerts and dead letters are acknowledged by the broker; writes are idempotent, so a batch
   that comes again after a crash or rebalance changes nothing;
-- batches are scored on their own thread (one per device), up to two queued per scorer, while
-  the consumer thread keeps polling; partitions are paused while `max_buffered` events wait,
-  so a slow batch never starves `max.poll.interval.ms` nor grows memory;
+- batches are scored on their own thread (one per device). On a GPU (`batch.inflight = 2`) a
+  second batch is queued per scorer and the loop keeps polling, storing and committing beside
+  the device. On a CPU (`inflight = 1`) the loop sleeps while a batch is scored: torch's
+  threads fill the cores, and anything running beside them slows them more than it saves.
+  Heartbeats run on the client's own thread either way; partitions are paused while
+  `max_buffered` events wait, so memory stays bounded;
 - a bad event becomes a dead letter with a reason and a `failed` row; an image that makes the
   model raise is found and dead-lettered too; the worker goes on;
 - a store or broker failure is retried with backoff, polling (paused) all the while;
@@ -24,7 +27,7 @@ import logging
 import threading
 import time
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Protocol, Sequence
@@ -120,8 +123,8 @@ class Worker:
 
     def __post_init__(self) -> None:
         self._buffer: deque[Pending] = deque()
-        # Batches in order: the head is completed first. Up to two per scorer, so a scorer
-        # always has the next batch queued while the previous one is stored and committed.
+        # Batches in order: the head is completed first. With two per scorer, a scorer always
+        # has the next batch queued while the previous one is stored and committed.
         self._inflight: deque[InFlight] = deque()
         self._paused = False
         self._committed: dict[Any, int] = {}
@@ -133,7 +136,10 @@ class Worker:
         self.scorers = tuple(self.scorers) or (self.watchlist,)
         self._score_pools = [ThreadPoolExecutor(1, thread_name_prefix=f"score{i}") for i in range(len(self.scorers))]
         self._next_scorer = 0
-        self._max_inflight = 2 * len(self.scorers)
+        # inflight = 1 (a CPU): while a batch is scored the loop sleeps on it instead of polling,
+        # so nothing competes with the model's threads; 2 (a GPU): the CPU works beside the device.
+        self._serial = self.batch.inflight == 1
+        self._max_inflight = (self.batch.inflight if self.batch.inflight > 0 else 2) * len(self.scorers)
         self.metrics.batch_max_size.set(self.batch.max_size)
         self.metrics.models_loaded.set(len(self.watchlist.entries))
         self.committed_events = 0
@@ -154,6 +160,8 @@ class Worker:
 
     def step(self) -> None:
         """One turn of the loop: poll, flow control, advance the batch."""
+        if self._serial and len(self._inflight) >= self._max_inflight:
+            wait([self._inflight[0].scored], timeout=1.0)  # heartbeats run on the client's own thread
         records = self.consumer.poll(timeout_ms=self._poll_timeout_ms(), max_records=self.batch.max_buffered)
         now = self.clock()
         received_at = datetime.now(timezone.utc)
@@ -251,7 +259,7 @@ class Worker:
     def _poll_timeout_ms(self) -> int:
         if self._inflight:
             if self._inflight[0].scored.done():
-                return 5
+                return 0 if self._serial else 5
             # Every scorer already has its next batch queued: nothing is gained by waking often,
             # and each wake-up takes CPU (and the GIL) from the scoring thread (PERFORMANCE.md).
             return 100 if len(self._inflight) >= self._max_inflight else 20

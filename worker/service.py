@@ -16,6 +16,7 @@ from typing import Callable
 import torch
 from prometheus_client import CollectorRegistry
 
+from .allocator import keep_freed_memory
 from .config import Settings, mask_url
 from .fetch import Fetcher
 from .images import ImageLimits
@@ -42,6 +43,8 @@ class Service:
         log.info("metrics on http://%s:%d/metrics; database %s", settings.metrics.host, self.server.port,
                  mask_url(database_url))
         scoring = settings.scoring
+        if scoring.malloc_tuning:
+            keep_freed_memory()
         if scoring.threads > 0:
             torch.set_num_threads(scoring.threads)
         devices = scoring.devices or (scoring.device,)
@@ -52,10 +55,7 @@ class Service:
                  len(scorers), ", ".join(str(w.entries[0].model.device) for w in scorers))
         self.store.record_calibrations(self.watchlist.calibration_records())
         limits = ImageLimits(settings.images.max_bytes, settings.images.max_pixels, settings.images.min_side)
-        batch = settings.batch
-        if batch.prepare_threads < 0:  # auto: overlap with a GPU; inline on a CPU (docs/PERFORMANCE.md)
-            on_gpu = self.watchlist.entries[0].model.device.type == "cuda"
-            batch = dataclasses.replace(batch, prepare_threads=4 if on_gpu else 0)
+        batch = settings.batch.resolved(on_gpu=self.watchlist.entries[0].model.device.type == "cuda")
         self.worker = Worker(
             consumer=None,  # type: ignore[arg-type]  # set below: the listener needs the worker
             producer=make_producer(settings.kafka),

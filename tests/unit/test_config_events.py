@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from worker.config import ConfigError, load_settings, mask_url
+from worker.config import BatchSettings, ConfigError, load_settings, mask_url
 from worker.events import InvalidEvent, alert_message, decode_b64_image, decode_event, event_id_hint, UploadEvent
 
 TOML = """
@@ -55,6 +55,14 @@ def test_toml_then_environment_overrides(tmp_path):
     assert [w.name for w in s.watchlist] == ["sd15", "flux"]
     assert s.watchlist[1].subfolder == "vae" and s.watchlist[1].dtype == "bf16"
     assert "s3cret" not in mask_url(s.database.url)
+
+
+def test_automatic_batch_settings_depend_on_the_device():
+    auto = BatchSettings()
+    assert (auto.resolved(on_gpu=False).inflight, auto.resolved(on_gpu=False).prepare_threads) == (1, 0)
+    assert (auto.resolved(on_gpu=True).inflight, auto.resolved(on_gpu=True).prepare_threads) == (2, 4)
+    explicit = load_settings(None, {"AEDR_BATCH__INFLIGHT": "2", "AEDR_BATCH__PREPARE_THREADS": "3"}).batch
+    assert (explicit.resolved(on_gpu=False).inflight, explicit.resolved(on_gpu=False).prepare_threads) == (2, 3)
 
 
 def test_database_url_from_a_secret_file(tmp_path):

@@ -235,6 +235,61 @@ def test_batches_are_bounded_and_partitions_pause_when_full(watchlist):
     assert all(b - a <= 4 for a, b in zip([0] + offsets, offsets))  # no batch above max_size
 
 
+class WatchedScoring:
+    """The watchlist, with a flag that is up while a batch is being scored."""
+
+    def __init__(self, watchlist: Watchlist):
+        self._watchlist = watchlist
+        self.busy = False
+        self.batches = 0
+
+    def __getattr__(self, name):
+        return getattr(self._watchlist, name)
+
+    def score(self, images):
+        self.busy = True
+        try:
+            time.sleep(0.02)  # long enough that an overlapping loop would poll meanwhile
+            return self._watchlist.score(images)
+        finally:
+            self.batches += 1
+            self.busy = False
+
+
+class WatchingConsumer(FakeConsumer):
+    """Counts the calls made into the client while `scoring.busy`."""
+
+    def __init__(self, scoring: WatchedScoring, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.scoring = scoring
+        self.calls_while_scoring = 0
+        self.calls = 0
+
+    def poll(self, timeout_ms=0, max_records=None):
+        self.calls += 1
+        self.calls_while_scoring += self.scoring.busy
+        return super().poll(timeout_ms, max_records)
+
+
+@pytest.mark.parametrize("inflight", [1, 2])
+def test_serial_mode_leaves_the_model_alone_and_loses_nothing(watchlist, inflight):
+    """inflight = 1 (the CPU default): the loop sleeps while a batch is scored, so nothing runs
+    beside the model's threads; 2: it polls (and completes the previous batch) meanwhile."""
+    images = random_images(16, 32, 32, seed=8)
+    scoring = WatchedScoring(watchlist)
+    consumer = WatchingConsumer(scoring, {0: [event(f"e{i}", im) for i, im in enumerate(images)]})
+    store = MemoryStore()
+    worker = make_worker(consumer, scoring, store, max_size=4, max_buffered=8, prepare_threads=0, inflight=inflight)
+    run_until_committed(worker, 16)
+    worker.run(until=lambda: True)  # drain and shut the pools down
+    assert scoring.batches == 4 and len(store.rows) == 16
+    assert consumer.committed == {TopicPartition("uploads", 0): 16}
+    if inflight == 1:
+        assert consumer.calls_while_scoring == 0 and consumer.calls >= 4
+    else:
+        assert consumer.calls_while_scoring > 0
+
+
 def test_a_partition_that_moves_is_not_committed_and_nothing_is_dropped(watchlist):
     values = [event(f"e{i}", im) for i, im in enumerate(random_images(12, 32, 32, seed=6))]
     consumer = FakeConsumer({0: values[:6], 1: values[6:]})

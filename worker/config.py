@@ -110,7 +110,7 @@ class ScoringSettings:
     threads: int = 0  # torch intra-op threads; 0 = torch's default (all cores)
     compile: str = "off"  # torch.compile mode: off | default | reduce-overhead | max-autotune
     channels_last: bool = True  # NHWC memory format for the autoencoders
-    max_batch_pixels: int = -1  # pixels per autoencoder call: -1 = auto (65 536 on CPU, none on CUDA), 0 = none
+    max_batch_pixels: int = -1  # pixels per autoencoder call: -1 = auto (131 072 on CPU, none on CUDA), 0 = none
     # Fixed glibc malloc thresholds, so the scoring thread reuses its buffers instead of faulting
     # fresh pages each batch (worker/allocator.py); off leaves malloc to MALLOC_* or LD_PRELOAD.
     malloc_tuning: bool = True

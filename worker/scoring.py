@@ -172,9 +172,10 @@ def batches_by_shape(
 
 
 def pixel_budget(device: torch.device) -> int | None:
-    """Default pixels per autoencoder call: 65 536 on CPU (best measured on 2 cores for 64² to
-    256² images), unbounded on CUDA, where large batches fill the card."""
-    return None if device.type == "cuda" else 65_536
+    """Default pixels per autoencoder call: 131 072 on CPU (8 images at 128²; measured best on
+    2 cores at 64² and 128², docs/PERFORMANCE.md), unbounded on CUDA, where large batches fill
+    the card."""
+    return None if device.type == "cuda" else 131_072
 
 
 def score_crops(

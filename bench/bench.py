@@ -160,9 +160,11 @@ class Stack:
         config = self.workdir / f"w-{port}.toml"
         config.write_text("\n".join(lines) + "\n")
         env = {**os.environ, "AEDR_DATABASE__URL": self.db_url, "HF_HUB_OFFLINE": "1"}
-        return subprocess.Popen([sys.executable, "-m", "worker.cli", "serve", "--config", str(config), "--log-level", "WARNING"],
+        proc = subprocess.Popen([sys.executable, "-m", "worker.cli", "serve", "--config", str(config), "--log-level", "WARNING"],
                                 cwd=REPO, env=env, stdout=open(self.workdir / f"serve-{port}.log", "wb"),
                                 stderr=subprocess.STDOUT)
+        proc.metrics_port = port  # type: ignore[attr-defined]
+        return proc
 
     def produce(self, topic: str, payloads: list[bytes], rate: float | None = None) -> dict[str, float]:
         from kafka import KafkaProducer
@@ -221,9 +223,19 @@ def stop(procs: list[subprocess.Popen]) -> None:
         p.wait(timeout=60)
 
 
+def stage_seconds(port: int) -> dict[str, float]:
+    """The worker's own time per stage so far (`aedr_stage_seconds_sum`), from /metrics."""
+    import re
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    return {m[1]: float(m[2]) for m in re.finditer(r'aedr_stage_seconds_sum\{stage="(\w+)"\} (\S+)', text)}
+
+
 def e2e_throughput(stack: Stack, images, models: list[str], max_size: int, workers: int = 1, partitions: int = 4,
-                   extra: tuple[str, ...] = ()) -> float:
-    """Steady-state events/s of `aedr serve` processes on a pre-filled topic (all stored)."""
+                   extra: tuple[str, ...] = (), stages: dict | None = None) -> float:
+    """Steady-state events/s of `aedr serve` processes on a pre-filled topic (all stored).
+    With `stages`, one worker's time per stage while it drained the topic is put there."""
     topic = stack.topic(partitions)
     prefix = uuid.uuid4().hex[:6]
     stack.produce(topic, payloads(images, prefix))
@@ -231,6 +243,8 @@ def e2e_throughput(stack: Stack, images, models: list[str], max_size: int, worke
     procs = [stack.serve(topic, models, max_size, threads, extra) for _ in range(workers)]
     try:
         rows = stack.wait_stored(prefix, len(images), procs)
+        if stages is not None:
+            stages.update(stage_seconds(procs[0].metrics_port))
     finally:
         stop(procs)
     return steady_rate(rows)
@@ -296,10 +310,13 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             stack = Stack(Path(tmp))
             try:
-                rate = e2e_throughput(stack, images, [args.model], args.worker_batch, extra=tuple(args.experiment))
+                stages: dict[str, float] = {}
+                rate = e2e_throughput(stack, images, [args.model], args.worker_batch, extra=tuple(args.experiment),
+                                      stages=stages)
             finally:
                 stack.close()
         print(f"end to end with {args.experiment or 'defaults'}: {rate:.1f} events/s")
+        print("worker time per stage over the whole run (s): " + ", ".join(f"{k} {v:.2f}" for k, v in stages.items()))
         return
     model = load_autoencoder(str(zoo_model(args.model).path), device="cpu")
 

@@ -6,7 +6,6 @@ production wiring (real broker client, real database, real HTTP metrics).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import signal
 import threading

@@ -10,7 +10,7 @@ module: callers pass and get plain dataclasses.
 from __future__ import annotations
 
 import threading
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol, Sequence
@@ -199,7 +199,7 @@ class SqlStore:
 
     def record_calibrations(self, records: Sequence[CalibrationRecord]) -> None:
         with self.engine.begin() as conn:
-            _insert_ignoring_conflicts(conn, _CalibrationRow.__table__, [asdict(r) for r in records])
+            _insert_ignoring_conflicts(conn, _CalibrationRow.__table__, [_columns(r) for r in records])
 
     def ping(self) -> None:
         with self.engine.connect() as conn:

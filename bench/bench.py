@@ -4,7 +4,7 @@ Prints tables and writes JSON. Everything runs on this machine: zoo models, imag
 the zoo (SIZE×SIZE PNG), a Tansu broker on loopback, the local Postgres, `aedr serve` as real
 processes.
 
-    .venv/bin/python bench/bench.py --model kl-f4c4 --size 128 --n 256 --out bench/results.json
+    .venv/bin/python bench/bench.py --model kl-f4c4 --size 128 --n 512 --repeats 5 --out bench/results.json
 
 Sections:
 1. pure scoring throughput (decoded images in memory → scores) at batch sizes 1, 4, 16, 64;
@@ -292,12 +292,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="kl-f4c4")
     parser.add_argument("--size", type=int, default=128)
-    parser.add_argument("--n", type=int, default=256)
+    parser.add_argument("--n", type=int, default=512)
     parser.add_argument("--worker-batch", type=int, default=16)
     parser.add_argument("--rate-fraction", type=float, default=0.5, help="offered rate / end-to-end throughput")
     parser.add_argument("--out", default="bench/results.json")
     parser.add_argument("--skip-e2e", action="store_true")
-    parser.add_argument("--repeats", type=int, default=3, help="interleaved pure/end-to-end runs for the headline ratio")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved pure/end-to-end runs for the headline ratio")
     parser.add_argument("--experiment", nargs="*", default=None, metavar="KEY=VALUE",
                         help="only run end to end (1 model) with these [batch] or scoring.* settings, e.g. prepare_threads=4")
     args = parser.parse_args()

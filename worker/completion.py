@@ -19,9 +19,10 @@ restart, say) from which it never recovers.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Collection, Mapping, Sequence
 
 from .clock import Clock
 from .config import RetrySettings
@@ -89,6 +90,53 @@ class Completing:
         return all(i in self.acked or r.outbound is None for i, r in enumerate(self.results))
 
 
+class OffsetLedger:
+    """Per partition, how far work is finished (stored and published) and how far it is
+    committed. The rebalance listener (`worker.messages.Rebalancing`, on the client's IO thread)
+    commits the difference before a partition moves; the lock keeps the two threads apart."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._finished: dict[Partition, int] = {}
+        self._committed: dict[Partition, int] = {}
+
+    @property
+    def committed(self) -> dict[Partition, int]:
+        with self._lock:
+            return dict(self._committed)
+
+    def finished(self, offsets: Mapping[Partition, int]) -> None:
+        with self._lock:
+            for tp, offset in offsets.items():
+                self._finished[tp] = max(self._finished.get(tp, -1), offset)
+
+    def uncommitted(self, partitions: Collection[Partition]) -> dict[Partition, int]:
+        with self._lock:
+            return {tp: o for tp, o in self._finished.items()
+                    if tp in partitions and o > self._committed.get(tp, -1)}
+
+    def committed_elsewhere(self, offsets: Mapping[Partition, int]) -> None:
+        with self._lock:
+            for tp, offset in offsets.items():
+                self._committed[tp] = max(self._committed.get(tp, -1), offset)
+
+    def partitions_revoked(self, partitions: Collection[Partition]) -> None:
+        """They moved: what we knew of their offsets is another member's business now, and stale
+        if they come back (committing it then would move the group's offset backwards)."""
+        self._forget(partitions)
+        log.info("revoked %d partition(s)", len(partitions))
+
+    def partitions_assigned(self, partitions: Collection[Partition]) -> None:
+        self._forget(partitions)
+        log.info("assigned %d partition(s)", len(partitions))
+
+    def _forget(self, partitions: Collection[Partition]) -> None:
+        with self._lock:
+            for tp in partitions:
+                self._finished.pop(tp, None)
+                self._committed.pop(tp, None)
+
+
 @dataclass
 class Completion:
     store: Store
@@ -99,8 +147,9 @@ class Completion:
     health: Health
     publishing: Publishing
     retry: RetrySettings = field(default_factory=RetrySettings)
-    committed: dict[Partition, int] = field(default_factory=dict)  # last offsets this worker committed
+    ledger: OffsetLedger = field(default_factory=OffsetLedger)
     committed_events: int = 0
+    _commit_retry_at: float = 0.0
 
     def attempt(self, batch: Completing) -> bool:
         """One try at finishing `batch`; True when done, else a retry is scheduled."""
@@ -183,18 +232,29 @@ class Completion:
     # ------------------------------------------------------------ commit
 
     def _commit(self, batch: Completing) -> None:
-        """Commit the batch's offsets for partitions still assigned: one that moved is its new
-        owner's to commit (it resumes from the last commit; our stored rows deduplicate)."""
+        """The batch is finished: commit its offsets for partitions still assigned. One that moved
+        is its new owner's to commit (it resumes from the last commit; our rows deduplicate)."""
         assigned = self.consumer.assignment()
-        mine = {tp: o for tp, o in batch.offsets.items() if tp in assigned}
+        self.ledger.finished({tp: o for tp, o in batch.offsets.items() if tp in assigned})
+        self.commit_pending(assigned)
+
+    def commit_pending(self, assigned: frozenset[Partition] | None = None) -> None:
+        """Commit finished work that is not committed yet. A commit refused (during a rebalance,
+        say) is kept and tried again, at most once a second, until it goes through or the
+        partition moves; the rebalance listener also commits it before the partition moves."""
+        now = self.clock.monotonic()
+        if assigned is None and now < self._commit_retry_at:
+            return
+        mine = self.ledger.uncommitted(assigned if assigned is not None else self.consumer.assignment())
         if not mine:
             return
         try:
             self.consumer.commit(mine)
-        except Exception as exc:  # e.g. a rebalance in progress: rows are stored, events come again
-            log.warning("offset commit failed (%s); the events will be redelivered and deduplicated", exc)
+        except Exception as exc:
+            self._commit_retry_at = now + 1.0
+            log.warning("offset commit failed (%s); trying again", str(exc)[:200])
             return
-        self.committed.update(mine)
+        self.ledger.committed_elsewhere(mine)
         self.metrics.last_commit.set(self.clock.time())
 
     def _count(self, batch: Completing) -> None:

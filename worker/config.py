@@ -139,6 +139,7 @@ class GuardSettings:
     `fault_exit_s`: while the models cannot score (or the dead-letter guard holds), nothing is
     dead-lettered or committed and /readyz fails; after this long the worker exits with status 1
     so that the orchestrator restarts it. 0 = never exit.
+    `stall_s`, `unassigned_exit_s`: see below.
     `dead_letter_fraction`: when more than this fraction of the last `dead_letter_window` events
     would be dead-lettered, the worker holds (commits nothing) as for a fault of its own. 0 = off,
     the default: a flood of bad input is the producer's fault, and any producer could otherwise
@@ -149,6 +150,11 @@ class GuardSettings:
     fault_exit_s: float = 300.0
     dead_letter_fraction: float = 0.0
     dead_letter_window: int = 1000
+    # Liveness (/healthz): fails when work is waiting and nothing was finished for stall_s (a
+    # stuck loop); and when the worker owns no partition while the topic has a backlog for
+    # unassigned_exit_s (a stuck group), after which the worker also exits 1 to rejoin afresh.
+    stall_s: float = 600.0
+    unassigned_exit_s: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -272,6 +278,7 @@ _MINIMA = (
     ("kafka", "session_timeout_ms", 1), ("kafka", "heartbeat_interval_ms", 1),
     ("metrics", "port", 0),
     ("guard", "fault_exit_s", 0), ("guard", "dead_letter_fraction", 0), ("guard", "dead_letter_window", 1),
+    ("guard", "stall_s", 1), ("guard", "unassigned_exit_s", 0),
 )
 
 

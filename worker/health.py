@@ -3,6 +3,10 @@
 Readiness (/readyz, the `aedr_ready` gauge): the models are loaded, the last attempt to store a
 batch succeeded, and the models can score. The loop reports each of these as it happens, and
 the gauge changes with them, whether or not anything calls /readyz.
+
+Liveness (/healthz): the loop is not stuck. It fails when work is waiting (events received, or a
+backlog on the topic) and no batch was finished for `guard.stall_s`, or when the worker has owned
+no partition for `guard.unassigned_exit_s` while its topic has a backlog (a stuck group).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import threading
 from collections import deque
 from typing import Sequence
 
+from .clock import Clock, SystemClock
 from .metrics import Metrics
 
 
@@ -34,13 +39,34 @@ class DeadLetterWindow:
 
 
 class Health:
-    def __init__(self, metrics: Metrics):
+    def __init__(self, metrics: Metrics, clock: Clock | None = None, stall_s: float = 600.0):
         self._metrics = metrics
+        self._clock = clock or SystemClock()
+        self._stall_s = stall_s
         self._lock = threading.Lock()
         self._loaded = False
         self._store_ok = True
         self._scoring_ok = True
+        self._progress_at = self._clock.monotonic()
+        self._waiting = False
+        self._stuck_group = False
         self._publish()
+
+    def progress(self, waiting: bool) -> None:
+        """The loop turned; `waiting` says whether work waits for it."""
+        with self._lock:
+            if not self._waiting or not waiting:
+                self._progress_at = self._clock.monotonic()
+            self._waiting = waiting
+
+    def finished(self) -> None:
+        """A batch was finished."""
+        with self._lock:
+            self._progress_at = self._clock.monotonic()
+
+    def stuck_group(self, stuck: bool) -> None:
+        with self._lock:
+            self._stuck_group = stuck
 
     def loaded(self) -> None:
         self._set(loaded=True)
@@ -56,7 +82,9 @@ class Health:
             return self._loaded and self._store_ok and self._scoring_ok
 
     def alive(self) -> bool:
-        return True
+        with self._lock:
+            stalled = self._waiting and self._clock.monotonic() - self._progress_at > self._stall_s
+            return not stalled and not self._stuck_group
 
     def _set(self, loaded: bool | None = None, store_ok: bool | None = None, scoring_ok: bool | None = None) -> None:
         with self._lock:

@@ -15,13 +15,16 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Collection, Mapping, Protocol, Sequence
+from typing import Any, Callable, Collection, Mapping, Sequence
 
 from .config import KafkaSettings
 from .errors import ServiceUnavailable
-from .messages import Message, Outbound, Partition, PublishError
+from .messages import Message, Outbound, Partition, PublishError, Rebalancing
 
 log = logging.getLogger(__name__)
+
+OFFSETS_TIMEOUT_MS = 5_000  # end offsets and committed offsets, for the lag gauge
+COMMIT_ON_REVOKE_TIMEOUT_MS = 10_000  # a rebalance waits at most this for our commit
 
 
 def _security(settings: KafkaSettings) -> dict[str, Any]:
@@ -33,23 +36,6 @@ def _security(settings: KafkaSettings) -> dict[str, Any]:
             sasl_plain_password=settings.sasl_password,
         )
     return options
-
-
-class RebalanceListener(Protocol):
-    def on_partitions_revoked(self, revoked: Sequence[Partition]) -> None: ...
-
-    def on_partitions_assigned(self, assigned: Sequence[Partition]) -> None: ...
-
-
-class LoggingListener:
-    """Logs rebalances. kafka-python 3 calls a listener on its IO thread, where blocking calls
-    (a commit) are refused, so nothing here touches the loop's state (worker.pipeline)."""
-
-    def on_partitions_revoked(self, revoked: Sequence[Partition]) -> None:
-        log.info("revoked %d partition(s)", len(revoked))
-
-    def on_partitions_assigned(self, assigned: Sequence[Partition]) -> None:
-        log.info("assigned %d partition(s)", len(assigned))
 
 
 class KafkaConsumerAdapter:
@@ -82,8 +68,28 @@ class KafkaConsumerAdapter:
 
     def highwater(self, partition: Partition) -> int | None:
         from kafka import TopicPartition
+        from kafka.errors import IllegalStateError
 
-        return self._consumer.highwater(TopicPartition(*partition))
+        try:
+            return self._consumer.highwater(TopicPartition(*partition))
+        except IllegalStateError:  # not assigned (any more)
+            return None
+
+    def partitions(self, topic: str) -> frozenset[Partition]:
+        return frozenset(Partition(topic, p) for p in self._consumer.partitions_for_topic(topic) or ())
+
+    def end_offsets(self, partitions: Collection[Partition]) -> Mapping[Partition, int]:
+        if not partitions:
+            return {}
+        ends = self._consumer.end_offsets(_kafka_partitions(partitions), timeout_ms=OFFSETS_TIMEOUT_MS)
+        return {Partition(tp.topic, tp.partition): o for tp, o in ends.items() if o is not None}
+
+    def group_offsets(self, partitions: Collection[Partition]) -> Mapping[Partition, int | None]:
+        out: dict[Partition, int | None] = {}
+        for tp in _kafka_partitions(partitions):
+            offset = self._consumer.committed(tp, timeout_ms=OFFSETS_TIMEOUT_MS)
+            out[Partition(tp.topic, tp.partition)] = offset if offset is None or offset >= 0 else None
+        return out
 
     def close(self) -> None:
         self._consumer.close()
@@ -130,17 +136,35 @@ def _kafka_partitions(partitions: Collection[Partition]) -> list[Any]:
     return [TopicPartition(*tp) for tp in partitions]
 
 
-def make_consumer(settings: KafkaSettings, listener: RebalanceListener) -> KafkaConsumerAdapter:
-    """A group consumer with manual commits, subscribed with a rebalance listener."""
-    from kafka import KafkaConsumer
-    from kafka.consumer.subscription_state import ConsumerRebalanceListener
+def make_consumer(settings: KafkaSettings, rebalancing: Rebalancing) -> KafkaConsumerAdapter:
+    """A group consumer with manual commits. Its rebalance listener commits the worker's
+    finished work before partitions move (`rebalancing`): kafka-python 3 runs listeners on its
+    IO thread, where a blocking commit is refused, so the listener is a coroutine that awaits an
+    asynchronous commit (heartbeats go on meanwhile), at most `COMMIT_ON_REVOKE_TIMEOUT_MS`."""
+    from kafka import KafkaConsumer, TopicPartition
+    from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
+    from kafka.structs import OffsetAndMetadata
 
-    class Listener(ConsumerRebalanceListener):
-        def on_partitions_revoked(self, revoked):
-            listener.on_partitions_revoked([Partition(tp.topic, tp.partition) for tp in revoked])
+    holder: dict[str, Any] = {}
 
-        def on_partitions_assigned(self, assigned):
-            listener.on_partitions_assigned([Partition(tp.topic, tp.partition) for tp in assigned])
+    class Listener(AsyncConsumerRebalanceListener):
+        async def on_partitions_revoked(self, revoked):
+            partitions = [Partition(tp.topic, tp.partition) for tp in revoked]
+            finished = rebalancing.uncommitted(partitions)
+            consumer = holder.get("consumer")
+            if finished and consumer is not None:
+                try:
+                    future = consumer.commit_async({TopicPartition(*tp): OffsetAndMetadata(o, "", -1)
+                                                    for tp, o in finished.items()})
+                    await _bounded(consumer, future, COMMIT_ON_REVOKE_TIMEOUT_MS)
+                    rebalancing.committed_elsewhere(finished)
+                    log.info("committed finished work of %d partition(s) before they moved", len(finished))
+                except Exception as exc:  # they will be redelivered to the new owner, deduplicated
+                    log.warning("commit before the rebalance failed (%s): %s", type(exc).__name__, exc)
+            rebalancing.partitions_revoked(partitions)
+
+        async def on_partitions_assigned(self, assigned):
+            rebalancing.partitions_assigned([Partition(tp.topic, tp.partition) for tp in assigned])
 
     consumer = _reaching(settings, lambda: KafkaConsumer(
         bootstrap_servers=settings.bootstrap_servers.split(","),
@@ -155,8 +179,19 @@ def make_consumer(settings: KafkaSettings, listener: RebalanceListener) -> Kafka
         fetch_max_bytes=max(settings.max_partition_fetch_bytes, 52428800),
         **_security(settings),
     ))
+    holder["consumer"] = consumer
     consumer.subscribe([settings.topic], listener=Listener())
     return KafkaConsumerAdapter(consumer)
+
+
+async def _bounded(consumer: Any, future: Any, timeout_ms: int) -> Any:
+    """Await a kafka-python future at most `timeout_ms`. The bound uses the coordinator's own
+    wait (a private API of the pinned kafka-python 3.0.x); without it, the future is awaited
+    under the client's request timeout."""
+    manager = getattr(getattr(consumer, "_coordinator", None), "_manager", None)
+    if manager is not None and hasattr(manager, "wait_for"):
+        return await manager.wait_for(future, timeout_ms)
+    return await future
 
 
 def make_producer(settings: KafkaSettings) -> KafkaProducerAdapter:

@@ -71,9 +71,34 @@ class Consumer(Protocol):
         """Commit the next offset to read per partition; raises if the group refuses."""
 
     def highwater(self, partition: Partition) -> int | None:
-        """The partition's end offset as last seen by the fetcher (None before a fetch)."""
+        """The partition's end offset as last seen by the fetcher (None before a fetch). It
+        stops moving while the partition is paused."""
+
+    def partitions(self, topic: str) -> frozenset[Partition]:
+        """Every partition of `topic` (assigned to this member or not)."""
+
+    def end_offsets(self, partitions: Collection[Partition]) -> Mapping[Partition, int]:
+        """The next offset the broker will write, per partition, asked of the broker now."""
+
+    def group_offsets(self, partitions: Collection[Partition]) -> Mapping[Partition, int | None]:
+        """The group's committed offset per partition (None where nothing was committed)."""
 
     def close(self) -> None: ...
+
+
+class Rebalancing(Protocol):
+    """What the broker edge needs of the worker when partitions move: the offsets of work that is
+    finished (stored and published) but not yet committed, which it commits before a partition
+    goes to another member, and news of what moved. Called on the client's own thread."""
+
+    def uncommitted(self, partitions: Collection[Partition]) -> dict[Partition, int]: ...
+
+    def committed_elsewhere(self, offsets: Mapping[Partition, int]) -> None:
+        """Those offsets were committed (by the rebalance listener)."""
+
+    def partitions_revoked(self, partitions: Collection[Partition]) -> None: ...
+
+    def partitions_assigned(self, partitions: Collection[Partition]) -> None: ...
 
 
 class PublishError(Exception):

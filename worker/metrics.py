@@ -45,8 +45,15 @@ class Metrics:
         self.dlq = Counter("aedr_dlq", "Events sent to the dead-letter topic, by reason.", ["reason"], registry=registry)
         self.alerts = Counter("aedr_alerts", "Alerts published (events with at least one match).", registry=registry)
         self.lag = Gauge(
-            "aedr_consumer_lag", "High watermark minus committed offset, per partition.",
+            "aedr_consumer_lag", "Broker end offset minus committed offset, per partition this worker owns.",
             ["topic", "partition"], registry=registry,
+        )
+        self.group_lag = Gauge(
+            "aedr_group_lag", "Broker end offset minus the group's committed offset, summed over the topic.",
+            ["topic"], registry=registry,
+        )
+        self.assigned_partitions = Gauge(
+            "aedr_assigned_partitions", "Partitions this worker owns.", registry=registry,
         )
         self.store_errors = Counter(
             "aedr_store_errors", "Failed attempts to store a micro-batch (retried).", registry=registry

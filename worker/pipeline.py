@@ -44,7 +44,8 @@ from .clock import Clock
 from .completion import Completing, Completion, offsets_of
 from .config import BatchSettings, GuardSettings, RetrySettings
 from .health import DeadLetterWindow, Health
-from .messages import Consumer, Partition
+from .lag import LagMonitor
+from .messages import Consumer
 from .metrics import Metrics
 from .outcomes import Publishing, build
 from .scoring_pool import ScoredBatch, ScoringPool, ScoringUnavailable, Work
@@ -67,7 +68,8 @@ class Worker:
     def __init__(self, consumer: Consumer, scoring: ScoringPool, completion: Completion, publishing: Publishing,
                  batch: BatchSettings, retry: RetrySettings, clock: Clock, metrics: Metrics, health: Health,
                  stop: threading.Event, prepare_executor: Executor | None = None, drain_s: float = 30.0,
-                 wait: Callable[[Future, float], bool] | None = None, guard: GuardSettings = GuardSettings()):
+                 wait: Callable[[Future, float], bool] | None = None, guard: GuardSettings = GuardSettings(),
+                 lag: LagMonitor | None = None):
         self.consumer = consumer
         if batch.inflight < 1 or batch.prepare_threads < 0:
             raise ValueError("pass BatchSettings.resolved(): inflight and prepare_threads must be concrete")
@@ -82,6 +84,7 @@ class Worker:
         self.stop = stop
         self.drain_s = drain_s
         self.guard = guard
+        self.lag = lag
         self.fault: str | None = None  # why the worker stopped on a fault of its own
         self._faulted_since: dict[str, float] = {}  # cause -> since when (clock)
         self._dead_letters = DeadLetterWindow(guard.dead_letter_window)
@@ -91,7 +94,6 @@ class Worker:
         self._buffer: deque[Work] = deque()
         self._inflight: deque[InFlight] = deque()
         self._paused = False
-        self._lag_partitions: set[Partition] = set()
         # inflight = 1 (a CPU): while a batch is scored the loop waits on it instead of polling;
         # 2 (a GPU): the CPU polls, prepares and completes beside the device.
         self._serial = batch.inflight == 1
@@ -113,17 +115,35 @@ class Worker:
             self.drain()
 
     def step(self) -> None:
-        """One turn: poll, flow control, complete finished batches, start new ones."""
+        """One turn: finish scored batches (store, publish, commit) before polling, so that a
+        rebalance during the poll finds nothing finished and uncommitted; then poll, control the
+        flow, start new batches, and report lag and liveness."""
         if self._serial and len(self._inflight) >= self._max_inflight and self._inflight[0].scored is not None:
             self._wait(self._inflight[0].scored, 1.0)  # heartbeats run on the client's own thread
+        self._complete_done()
+        self.completion.commit_pending()
         messages = self.consumer.poll(timeout_ms=self._poll_timeout_ms(), max_records=self.batch.max_buffered)
         now, at = self.clock.monotonic(), self.clock.now()
         for m in messages:
             prepared = self._prepare_executor.submit(self.scoring.prepare, m) if self._prepare_executor else None
             self._buffer.append(Work(m, now, at, prepared))
         self._flow_control()
-        self._advance()
-        self._update_lag()
+        self._complete_done()
+        self._start_ready()
+        if self.lag is not None:
+            self.lag.update()
+            self._watch_assignment(self.lag.unassigned_for)
+        backlog = bool(self.lag is not None and self.lag.group_lag)
+        self.health.progress(waiting=bool(self._buffer or self._inflight or backlog))
+
+    def _watch_assignment(self, seconds: float) -> None:
+        """No partition while the topic has a backlog, for `guard.unassigned_exit_s`: a stuck
+        group. /healthz fails, and the worker leaves for a restart to rejoin afresh."""
+        if self.guard.unassigned_exit_s and seconds >= self.guard.unassigned_exit_s and self.fault is None:
+            self.fault = f"no partition assigned for {seconds:.0f} s while the topic has a backlog"
+            log.error("%s: leaving the group, for a restart to rejoin", self.fault)
+            self.health.stuck_group(True)
+            self.stop.set()
 
     def drain(self) -> None:
         """Score, store and commit what was already received, within `drain_s`; what is left
@@ -182,7 +202,7 @@ class Worker:
             self.consumer.resume(assigned)
             self._paused = False
 
-    def _advance(self) -> None:
+    def _complete_done(self) -> None:
         while self._inflight and self.clock.monotonic() >= self._retry_at(self._inflight[0]):
             head = self._inflight[0]
             if head.scored is None:
@@ -190,6 +210,9 @@ class Worker:
             if not head.scored.done() or not self._complete(head):
                 break
             self._inflight.popleft()
+            self.health.finished()
+
+    def _start_ready(self) -> None:
         while len(self._inflight) < self._max_inflight and self._batch_ready():
             self._start_batch()
 
@@ -264,22 +287,3 @@ class Worker:
                 self.metrics.stage.labels("decode").observe(j.prepared.decode_s)
         if scored.score_s:
             self.metrics.stage.labels("score").observe(scored.score_s)
-
-    # ------------------------------------------------------------ lag
-
-    def _update_lag(self) -> None:
-        """Lag per assigned partition; a partition that moved is dropped from the gauge, or the
-        summed lag (dashboards, scaling) would count it twice."""
-        assigned = set(self.consumer.assignment())
-        for tp in self._lag_partitions - assigned:
-            self.metrics.lag.remove(tp.topic, str(tp.partition))
-        self._lag_partitions = assigned
-        for tp in assigned:
-            high = self.consumer.highwater(tp)
-            if high is None:
-                continue
-            committed = self.completion.committed.get(tp)
-            if committed is None:
-                first = next((w.message.offset for w in self._buffer if w.message.tp == tp), None)
-                committed = first if first is not None else high
-            self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, high - committed))

@@ -19,11 +19,12 @@ from typing import Callable
 from prometheus_client import CollectorRegistry
 
 from .clock import SystemClock
-from .completion import Completion, ProducerSlot
+from .completion import Completion, OffsetLedger, ProducerSlot
 from .config import ScoringSettings, Settings, mask_url
 from .fetch import Fetcher
 from .health import Health
-from .kafka_io import LoggingListener, make_consumer, make_producer
+from .lag import LagMonitor
+from .kafka_io import make_consumer, make_producer
 from .metrics import Metrics, MetricsServer
 from .outcomes import Publishing
 from .pipeline import Worker
@@ -101,7 +102,8 @@ def _close_all(opened: list[Callable[[], None]]) -> None:
 def _build(settings: Settings, stop: threading.Event, registry: CollectorRegistry | None,
            opened: list[Callable[[], None]]) -> Service | None:
     metrics = Metrics(registry or CollectorRegistry())
-    health = Health(metrics)
+    clock = SystemClock()
+    health = Health(metrics, clock, settings.guard.stall_s)
     server = MetricsServer(metrics, settings.metrics.host, settings.metrics.port, health.ready, health.alive)
     server.start()
     opened.append(server.stop)
@@ -130,15 +132,16 @@ def _build(settings: Settings, stop: threading.Event, registry: CollectorRegistr
                     if batch.prepare_threads > 0 else None)
     if prepare_pool is not None:
         opened.append(partial(prepare_pool.shutdown, wait=False, cancel_futures=True))
-    consumer = make_consumer(settings.kafka, LoggingListener())  # raises ServiceUnavailable, one line
+    ledger = OffsetLedger()
+    consumer = make_consumer(settings.kafka, ledger)  # raises ServiceUnavailable, one line
     opened.append(consumer.close)
     producers = ProducerSlot(partial(make_producer, settings.kafka))
     opened.append(partial(producers.close, timeout_s=10))
-    clock = SystemClock()
     kafka = settings.kafka
     publishing = Publishing(kafka.alerts_topic, kafka.dlq_topic, kafka.max_alert_bytes, kafka.max_request_size)
-    completion = Completion(store, producers, consumer, metrics, clock, health, publishing, settings.retry)
+    completion = Completion(store, producers, consumer, metrics, clock, health, publishing, settings.retry, ledger)
+    lag = LagMonitor(consumer, kafka.topic, ledger, metrics, clock)
     worker = Worker(consumer, pool, completion, publishing, batch, settings.retry, clock, metrics, health, stop,
-                    prepare_pool, guard=settings.guard)
+                    prepare_pool, guard=settings.guard, lag=lag)
     health.loaded()
     return Service(settings, metrics, health, server, store, watchlist, worker, tuple(reversed(opened)))

@@ -141,21 +141,23 @@ class FakeBroker:
         return [Message(tp.topic, tp.partition, o, r.key, r.value, r.headers, r.timestamp_ms)
                 for tp in self.partitions(topic) for o, r in enumerate(self.logs[tp])]
 
-    def consumer(self, topic: str, group: str, listener: Any = None) -> "FakeConsumer":
-        return FakeConsumer(self, topic, group, listener)
+    def consumer(self, topic: str, group: str, rebalancing: Any = None) -> "FakeConsumer":
+        return FakeConsumer(self, topic, group, rebalancing)
 
     def producer(self, max_request_size: int = 32 * 1024 * 1024) -> "FakeProducer":
         return FakeProducer(self, max_request_size)
 
 
 class FakeConsumer:
-    """A `Consumer` on a `FakeBroker`: starts from the group's committed offsets (else 0)."""
+    """A `Consumer` on a `FakeBroker`: starts from the group's committed offsets (else 0). With
+    `rebalancing` (worker.messages.Rebalancing), a partition that moves is first committed up to
+    the finished work, as kafka_io's listener does."""
 
-    def __init__(self, broker: FakeBroker, topic: str, group: str, listener: Any = None):
+    def __init__(self, broker: FakeBroker, topic: str, group: str, rebalancing: Any = None):
         self.broker = broker
         self.topic = topic
         self.group = group
-        self.listener = listener
+        self.rebalancing = rebalancing
         if not broker.partitions(topic):
             broker.create_topic(topic)
         self._assigned = set(broker.partitions(topic))
@@ -167,8 +169,8 @@ class FakeConsumer:
         self.pause_calls = 0
         self.closed = False
         self._seen_high: dict[Partition, int] = {}
-        if listener is not None:
-            listener.on_partitions_assigned(sorted(self._assigned))
+        if rebalancing is not None:
+            rebalancing.partitions_assigned(sorted(self._assigned))
 
     def poll(self, timeout_ms: int, max_records: int) -> list[Message]:
         self.polls += 1
@@ -207,17 +209,40 @@ class FakeConsumer:
             self.broker.committed[(self.group, tp)] = offset
 
     def highwater(self, partition: Partition) -> int | None:
-        return self._seen_high.get(partition)
+        return self._seen_high.get(partition) if partition in self._assigned else None
+
+    def partitions(self, topic: str) -> frozenset[Partition]:
+        return frozenset(self.broker.partitions(topic))
+
+    def end_offsets(self, partitions: Collection[Partition]) -> Mapping[Partition, int]:
+        return {tp: len(self.broker.logs[tp]) for tp in partitions}
+
+    def group_offsets(self, partitions: Collection[Partition]) -> Mapping[Partition, int | None]:
+        return {tp: self.broker.committed.get((self.group, tp)) for tp in partitions}
 
     def close(self) -> None:
         self.closed = True
 
     # Test controls
     def revoke(self, partitions: Collection[Partition]) -> None:
-        """Move `partitions` to another member of the group."""
+        """Move `partitions` to another member of the group: finished work is committed first,
+        while this member still owns them, as in a real rebalance."""
+        if self.rebalancing is not None:
+            finished = self.rebalancing.uncommitted(set(partitions))
+            if finished:
+                self.commit(finished)
+                self.rebalancing.committed_elsewhere(finished)
+            self.rebalancing.partitions_revoked(sorted(partitions))
         self._assigned -= set(partitions)
-        if self.listener is not None:
-            self.listener.on_partitions_revoked(sorted(partitions))
+
+    def assign(self, partitions: Collection[Partition]) -> None:
+        """Give `partitions` to this member: it resumes from the group's committed offsets."""
+        new = set(partitions) - self._assigned
+        self._assigned |= new
+        for tp in new:
+            self.position[tp] = self.broker.committed.get((self.group, tp), 0)
+        if self.rebalancing is not None and new:
+            self.rebalancing.partitions_assigned(sorted(new))
 
 
 class FakeProducer:

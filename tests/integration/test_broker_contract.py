@@ -13,7 +13,8 @@ from typing import Callable
 import pytest
 
 from worker.config import KafkaSettings
-from worker.kafka_io import LoggingListener, ensure_topics, make_consumer, make_producer
+from worker.completion import OffsetLedger
+from worker.kafka_io import ensure_topics, make_consumer, make_producer
 from worker.messages import Consumer, Message, Outbound, Partition, Producer, PublishError
 from worker.testing import FakeBroker
 
@@ -22,7 +23,7 @@ from worker.testing import FakeBroker
 class Backend:
     name: str
     create_topic: Callable[[str, int], None]
-    consumer: Callable[[str, str], Consumer]
+    consumer: Callable[..., Consumer]  # (topic, group, rebalancing=None)
     producer: Callable[..., Producer]
 
 
@@ -30,15 +31,16 @@ class Backend:
 def backend(request):
     if request.param == "fake":
         broker = FakeBroker()
-        yield Backend("fake", broker.create_topic, lambda topic, group: broker.consumer(topic, group),
-                      lambda max_request_size=32 << 20: broker.producer(max_request_size))
+        yield Backend("fake", broker.create_topic, lambda topic, group, rebalancing=None: broker.consumer(
+                          topic, group, rebalancing), lambda max_request_size=32 << 20: broker.producer(max_request_size))
         return
     bootstrap = request.getfixturevalue("broker").bootstrap
     opened: list = []
 
-    def consumer(topic: str, group: str) -> Consumer:
+    def consumer(topic: str, group: str, rebalancing=None) -> Consumer:
         c = make_consumer(KafkaSettings(bootstrap_servers=bootstrap, topic=topic, group_id=group,
-                                        session_timeout_ms=6000, heartbeat_interval_ms=1000), LoggingListener())
+                                        session_timeout_ms=6000, heartbeat_interval_ms=1000),
+                          rebalancing or OffsetLedger())
         opened.append(c)
         return c
 
@@ -144,3 +146,45 @@ def test_a_record_over_the_size_limit_is_named_and_the_others_are_published(back
     assert info.value.failed == {1: "too_large"}
     got = poll_until(backend.consumer(topic, f"g-{topic}"), 2)
     assert sorted(m.value for m in got) == [b"small", b"small too"]
+
+
+def test_finished_work_is_committed_before_a_partition_moves(backend):
+    """A member that finished work but could not commit it yet (a refused commit) commits it in
+    its rebalance listener, before the partition goes to the member that joins."""
+    topic = topic_name()
+    backend.create_topic(topic, 2)
+    publish(backend, topic, 20)
+    group = f"g-{topic}"
+    ledger = OffsetLedger()
+    first = backend.consumer(topic, group, ledger)
+    got = poll_until(first, 20)
+    finished = {tp: max(m.offset for m in got if m.tp == tp) + 1 for tp in {m.tp for m in got}}
+    ledger.finished(finished)  # stored and published, never committed
+    if backend.name == "fake":
+        moved = Partition(topic, 1)
+        first.revoke([moved])
+        second = backend.consumer(topic, group)
+        second.assign([moved])
+    else:  # both members poll, each on its own thread as two workers would: the group rebalances
+        import threading
+
+        second = backend.consumer(topic, group)
+        done = threading.Event()
+
+        def keep_polling() -> None:
+            while not done.is_set():
+                first.poll(timeout_ms=200, max_records=10)
+
+        thread = threading.Thread(target=keep_polling, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 90
+        while not second.assignment() and time.monotonic() < deadline:
+            second.poll(timeout_ms=200, max_records=10)
+        done.set()
+        thread.join(timeout=10)
+    moved_partitions = set(finished) - first.assignment()
+    assert moved_partitions and moved_partitions <= second.assignment(), "no partition moved"
+    committed = second.group_offsets(moved_partitions)
+    assert {tp: committed[tp] for tp in moved_partitions} == {tp: finished[tp] for tp in moved_partitions}
+    assert not ledger.uncommitted(moved_partitions)  # and the ledger forgot them
+    assert all(first.highwater(tp) is None for tp in moved_partitions)  # no high-water mark of others' partitions

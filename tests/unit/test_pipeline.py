@@ -13,12 +13,13 @@ from prometheus_client import CollectorRegistry
 
 from tests.conftest import build_module, random_images
 from worker.calibration import Calibration
-from worker.completion import Completion, ProducerSlot
+from worker.completion import Completion, OffsetLedger, ProducerSlot
 from worker.config import BatchSettings, FetchSettings, GuardSettings, ImageSettings, RetrySettings
 from worker.corpus import upload_event
 from worker.events import Reason
 from worker.fetch import Fetcher
 from worker.health import Health
+from worker.lag import LagMonitor
 from worker.messages import Message, Partition
 from worker.metrics import Metrics
 from worker.models import from_module
@@ -88,20 +89,22 @@ def rig(watchlist, partitions: dict[int, list[bytes]], *, store: MemoryStore | N
             broker.produce("uploads", value, key=f"k{p}-{i}".encode(), partition=p)
     store = store if store is not None else MemoryStore()
     metrics = Metrics(CollectorRegistry())
-    health = Health(metrics)
+    health = Health(metrics, clock, guard.stall_s)
     health.loaded()
-    consumer = broker.consumer("uploads", "g")
+    ledger = OffsetLedger()
+    consumer = broker.consumer("uploads", "g", ledger)
     retry = RetrySettings(initial_s=0.5, max_s=4.0)
     publishing = Publishing("alerts", "dlq")
     completion = Completion(store, ProducerSlot(producer_factory or broker.producer), consumer, metrics, clock, health,
-                            publishing, retry)
+                            publishing, retry, ledger)
     fetcher = Fetcher(FetchSettings(), 10**7)
     pool = ScoringPool([scorer or watchlist], lambda m, s: prepare(m, fetcher, ImageSettings(), s.prepare),
                        executors=[executor or InlineExecutor()])
     settings = BatchSettings(**{"max_size": 4, "max_wait_ms": 50, "max_buffered": 8, "prepare_threads": 0,
                                 **batch}).resolved(on_gpu=False)
     worker = Worker(consumer, pool, completion, publishing, settings, retry, clock, metrics, health,
-                    threading.Event(), wait=executor.wait if isinstance(executor, ManualExecutor) else None, guard=guard)
+                    threading.Event(), wait=executor.wait if isinstance(executor, ManualExecutor) else None, guard=guard,
+                    lag=LagMonitor(consumer, "uploads", ledger, metrics, clock, interval_s=0))
     return Rig(broker, clock, store, worker, metrics, health)
 
 
@@ -178,14 +181,15 @@ def test_a_partial_batch_waits_max_wait_ms_of_clock_time(watchlist):
     values = [event(f"e{i}", im) for i, im in enumerate(random_images(2, 32, 32, seed=12))]
     r = rig(watchlist, {0: values}, max_size=4, max_wait_ms=50)
     received = r.clock.monotonic()
-    seen = []  # (clock time since receipt, events committed) after each turn of the loop
+    started_at = []  # clock time (since receipt) when the batch went to the scorer
+    submit = r.worker.scoring.submit
+    r.worker.scoring.submit = lambda items: (started_at.append(r.clock.monotonic() - received), submit(items))[1]
     for _ in range(100):
         r.worker.step()  # the first polls both events: fewer than max_size, so they wait
-        seen.append((r.clock.monotonic() - received, r.worker.committed_events))
         if r.worker.committed_events:
             break
-    assert all(committed == 0 for elapsed, committed in seen if elapsed < 0.050 - 1e-9)
-    assert seen[-1][1] == 2 and 0.050 - 1e-9 <= seen[-1][0] <= 0.052  # idle polls wait until it is due
+    assert r.worker.committed_events == 2 and len(started_at) == 1
+    assert 0.050 - 1e-9 <= started_at[0] <= 0.052  # not before the wait was over; idle polls wait until it is due
 
 
 def test_unacknowledged_alerts_block_the_commit(watchlist):
@@ -444,3 +448,74 @@ def test_lag_gauge_drops_partitions_that_moved(watchlist):
 
 def test_dead_letter_reasons_are_a_closed_set():
     assert {r.value for r in Reason} == {"bad_json", "schema", "fetch", "decode", "too_large", "internal"}
+
+
+def lag_of(r: Rig) -> dict[int, float]:
+    return {int(s.labels["partition"]): s.value for f in r.metrics.registry.collect() for s in f.samples
+            if s.name == "aedr_consumer_lag"}
+
+
+def test_lag_is_the_broker_end_minus_the_commit_even_while_paused(watchlist):
+    values = [event(f"e{i}", im) for i, im in enumerate(random_images(6, 32, 32, seed=30))] * 5  # 30 events
+    r = rig(watchlist, {0: values}, max_size=4, max_buffered=4)
+    for _ in range(3):
+        r.worker.step()
+    assert P0 in r.consumer.paused  # a backlog: the partition is paused, its high-water mark stale
+    for i in range(10):  # more arrive while it is paused
+        r.broker.produce("uploads", values[i], partition=0)
+    r.worker.lag.update(force=True)
+    committed = r.broker.committed.get(("g", P0), 0)
+    assert lag_of(r) == {0: 40 - committed}
+    assert r.sample("aedr_group_lag", topic="uploads") == 40 - committed
+    assert r.sample("aedr_assigned_partitions") == 1
+    r.step_until_committed(40)
+    r.worker.lag.update(force=True)
+    assert lag_of(r) == {0: 0}
+
+
+def test_finished_work_is_committed_before_a_partition_moves(watchlist):
+    values = [event(f"e{i}", im) for i, im in enumerate(random_images(8, 32, 32, seed=31))]
+    r = rig(watchlist, {0: values[:4], 1: values[4:]}, max_size=8)
+    r.consumer.fail_commits = 10**6  # the group refuses commits (a rebalance is brewing) …
+    r.step_until_committed(8)  # (the batch is finished: stored and published)
+    assert r.broker.committed == {} and r.store.count_events() == 8
+    r.consumer.fail_commits = 0
+    r.consumer.revoke([P1])  # … then P1 moves: its finished work is committed first
+    assert r.broker.committed == {("g", P1): 4}
+    r.worker.step()  # and the commit that was refused for P0 goes through on the next turns
+    r.clock.advance(1.5)
+    r.worker.step()
+    assert r.broker.committed == {("g", P1): 4, ("g", P0): 4}
+
+
+def test_a_worker_without_partitions_while_the_topic_waits_leaves_for_a_restart(watchlist):
+    values = [event(f"e{i}", im) for i, im in enumerate(random_images(4, 32, 32, seed=32))]
+    r = rig(watchlist, {0: values}, max_size=4, guard=GuardSettings(unassigned_exit_s=60))
+    r.consumer.revoke([P0])  # the group gave this worker nothing, and the events wait
+    for _ in range(20):
+        r.worker.step()
+        r.clock.advance(1.0)
+    assert r.worker.fault is None and r.health.alive()
+    r.worker.run(until=lambda: (r.clock.advance(5.0), r.clock.monotonic() > 5000)[1])
+    assert r.worker.fault and "no partition assigned" in r.worker.fault
+    assert r.health.alive() is False and r.sample("aedr_assigned_partitions") == 0
+    assert r.sample("aedr_group_lag", topic="uploads") == 4
+
+
+def test_liveness_fails_when_work_waits_and_nothing_finishes(watchlist):
+    values = [event(f"e{i}", im) for i, im in enumerate(random_images(4, 32, 32, seed=33))]
+    executor = ManualExecutor(hung=True)
+    r = rig(watchlist, {0: values}, executor=executor, max_size=4, guard=GuardSettings(stall_s=30))
+    executor.clock = r.clock
+    r.worker.step()
+    r.clock.advance(0.1)
+    r.worker.step()  # the batch is with the (stuck) device
+    assert r.health.alive()
+    for _ in range(40):
+        r.worker.step()  # each turn waits 1 s of clock time on the stuck scorer
+    assert r.health.alive() is False
+    idle = rig(watchlist, {0: []}, guard=GuardSettings(stall_s=30))
+    for _ in range(50):
+        idle.worker.step()
+        idle.clock.advance(1.0)
+    assert idle.health.alive()  # nothing to do is not stuck

@@ -69,11 +69,13 @@ def _jumbf_declared(box: bytes) -> int | None:
 
 
 def _add_xmp(out: Container, packet: bytes, limit: int) -> None:
+    """Keep packets while their total is within the limit; past it keep none (the caller sees
+    `xmp_bytes` over the limit and records one error)."""
     out.xmp_bytes += len(packet)
-    if len(packet) <= limit and out.xmp_bytes <= limit:
+    if out.xmp_bytes <= limit:
         out.xmp.append(packet)
     else:
-        out.problems.append(f"XMP packet of {len(packet)} bytes over the limit")
+        out.xmp.clear()
 
 
 def _walk_jpeg(data: bytes, max_xmp: int) -> Container:

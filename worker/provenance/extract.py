@@ -52,12 +52,14 @@ def extract(
     start = time.perf_counter()
     box = containers.walk(data, settings.max_xmp_bytes)
     seconds["container"] = time.perf_counter() - start
+    for problem in box.problems:  # the parsers below still get what could be read
+        errors.append(ExtractionError("file", "limit" if problem.startswith("more than") else "malformed", problem))
     facts: list[xmp.XmpFacts] = []
 
     def read_xmp() -> tuple[list[Signal], list[ExtractionError]]:
-        failed = [ExtractionError(IPTC, "limit", p) for p in box.problems if p.startswith("XMP")]
-        if box.xmp_bytes > settings.max_xmp_bytes and not failed:
-            failed.append(ExtractionError(IPTC, "limit", f"XMP of {box.xmp_bytes} bytes; limit {settings.max_xmp_bytes}"))
+        failed: list[ExtractionError] = []
+        if box.xmp_bytes > settings.max_xmp_bytes:
+            failed.append(ExtractionError(IPTC, "limit", f"XMP of {box.xmp_bytes}+ bytes; limit {settings.max_xmp_bytes}"))
         for packet in box.xmp:
             try:
                 facts.append(xmp.parse(packet))

@@ -151,12 +151,17 @@ def user_comment_text(raw: Any) -> str | None:
 
 def from_exif(raw: bytes) -> list[Signal]:
     """Signals from an EXIF block (JPEG APP1 payload, PNG eXIf, WebP EXIF)."""
+    import warnings
+
     from PIL import Image
 
     exif = Image.Exif()
-    exif.load(raw)  # Pillow skips the 6-byte "Exif" header itself
+    with warnings.catch_warnings():  # Pillow warns per broken tag: an upload's problem, not ours
+        warnings.simplefilter("ignore")
+        exif.load(raw)  # Pillow skips the 6-byte "Exif" header itself
+        user_ifd = exif.get_ifd(EXIF_IFD)
     found: list[Signal] = []
-    comment = user_comment_text(exif.get_ifd(EXIF_IFD).get(EXIF_USER_COMMENT))
+    comment = user_comment_text(user_ifd.get(EXIF_USER_COMMENT))
     description = exif.get(EXIF_DESCRIPTION)
     for where, text in (("exif:UserComment", comment), ("exif:ImageDescription", description)):
         if isinstance(text, str) and text:

@@ -141,3 +141,23 @@ def test_mutated_fixtures_always_give_a_result_within_the_time_bound(name, flips
         assert signal.kind in KINDS and signal.strength in STRENGTHS
     assert not [e for e in result.errors if e.reason == "internal"], result.errors
     json.dumps(result.as_dict(), allow_nan=False)
+
+
+def test_the_hostile_corpus_provenance_variants_are_bounded_and_recorded():
+    """The same files tests/hostile.py sends through the worker (scored or dead-lettered there);
+    here extraction must return quickly with its errors recorded."""
+    from PIL import Image
+
+    from tests.hostile import provenance_variants
+
+    for name, data, _ in provenance_variants(Image.fromarray(F.photo(48, 48))):
+        start = time.perf_counter()
+        result = extract(data, DEFAULT)
+        assert time.perf_counter() - start < TIME_BOUND_S, name
+        assert not [e for e in result.errors if e.reason == "internal"], (name, result.errors)
+        if name.startswith(("billion", "external")):
+            assert [(e.kind, e.reason) for e in result.errors] == [("iptc", "malformed")]
+        if name == "remote C2PA manifest":
+            assert [(e.kind, e.reason) for e in result.errors] == [("c2pa", "remote_reference")]
+        if name == "tampered C2PA manifest":
+            assert [(s.kind, s.strength) for s in result.signals] == [("c2pa", "invalid")]

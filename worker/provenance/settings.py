@@ -33,7 +33,7 @@ class ProvenanceSettings:
     watermark_max_chance: float = 1e-6
     # A weaker match is still recorded as a signal (not an alert) below this chance.
     watermark_record_chance: float = 1e-4
-    watermark_max_pixels: int = 1 << 19  # the decoded region (docs/PROVENANCE.md: cost, survival)
+    watermark_max_pixels: int = 1 << 18  # the decoded region: survival is the same at 2^18..whole image, cost is not (docs/PROVENANCE.md)
     # Limits on hostile input (checked before any parser sees the bytes).
     max_bytes: int = 20 * 1024 * 1024  # whole file
     max_manifest_bytes: int = 4 * 1024 * 1024  # C2PA JUMBF store (all APP11 segments / caBX)

@@ -138,22 +138,26 @@ class Match:
         return min(1.0, self.chance * HYPOTHESES)
 
 
-def best_match(rgb: np.ndarray, max_pixels: int) -> Match | None:
-    """The (payload, channel order) with the lowest chance, or None for an image too small."""
+def matches(rgb: np.ndarray, max_pixels: int) -> list[Match]:
+    """Every (payload, channel order) tried, or [] for an image too small. Two decoder passes
+    (one per channel order) serve all three payloads."""
     height, width = rgb.shape[:2]
     where = region(height, width, max_pixels)
     if where is None:
-        return None
+        return []
     indices = global_indices(where, width)
-    best: Match | None = None
+    out: list[Match] = []
     for order in CHANNEL_ORDERS:
         blocks = block_bits(rgb, where, order)
         for name, (_, bits) in PAYLOADS.items():
             decoded = payload_bits(blocks, indices, len(bits))
-            match = Match(name, order, int((decoded == np.asarray(bits)).sum()), len(bits), where)
-            if best is None or match.chance < best.chance:
-                best = match
-    return best
+            out.append(Match(name, order, int((decoded == np.asarray(bits)).sum()), len(bits), where))
+    return out
+
+
+def best_match(rgb: np.ndarray, max_pixels: int) -> Match | None:
+    """The (payload, channel order) with the lowest chance, or None for an image too small."""
+    return min(matches(rgb, max_pixels), key=lambda m: m.chance, default=None)
 
 
 def signal_of(match: Match | None, record_chance: float, max_chance: float) -> Signal | None:

@@ -2,6 +2,9 @@
 
     .venv/bin/python bench/provenance.py --repeats 5 > /tmp/provenance-bench.md
 
+A second table times the hostile files of tests/unit/test_provenance_hostile.py (the errors each
+gets, and the process's peak RSS before and after all of them: native allocations included).
+
 Each file carries every kind of evidence at once (C2PA manifest signed by a test chain, XMP with
 the IPTC source type, generator metadata, the SDXL watermark), so every extractor does its full
 work. Times are medians over the repeats, in milliseconds, on this machine, one process. "decode"
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import resource
 import statistics
 import sys
 import time
@@ -66,6 +70,25 @@ def main() -> None:
             print(f"| {label} | {fmt} | {len(data)} | {found} | " + " | ".join(f"{med[k]:.1f}" for k in KINDS)
                   + f" | {total:.1f} | {total - med['decode']:.1f} |")
             sys.stdout.flush()
+    hostile(args.repeats, settings, anchors)
+
+
+def hostile(repeats: int, settings: ProvenanceSettings, anchors: TrustAnchors) -> None:
+    from tests.unit.test_provenance_hostile import CASES
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print("\n| hostile file | bytes | median ms | errors recorded (kind: reason) |")
+    print("|---|---:|---:|---|")
+    for name, (data, _) in sorted(CASES.items()):
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            result = extract(data, settings, anchors)
+            times.append(time.perf_counter() - start)
+        errors = ", ".join(sorted({f"{e.kind}: {e.reason}" for e in result.errors})) or "none"
+        print(f"| {name} | {len(data)} | {statistics.median(times) * 1000:.1f} | {errors} |")
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(f"\nPeak RSS before the hostile files {before // 1024} MiB, after {after // 1024} MiB.")
 
 
 if __name__ == "__main__":

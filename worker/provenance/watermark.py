@@ -13,9 +13,9 @@ block's raster index over the whole image. A block's bit depends on that block o
 ask the library for one bit per block of the rectangle (a decoder of length = number of blocks:
 its per-block decision, unchanged) and take the majority per payload bit ourselves, exactly as
 the library does for the whole image (tests check the two agree bit for bit). This bounds the
-cost: the library's decoder is a Python loop over blocks (~0.07 s per megapixel here), so a 12 MP
-photo would cost ~1 s per payload; a band of `watermark_max_pixels` costs the same whatever the
-image size. A downscale would not do: resizing moves the block grid and destroys the watermark
+cost: the library's decoder is a Python loop over blocks, so its time grows with the pixels
+decoded; a band of `watermark_max_pixels` costs the same whatever the image size
+(bench/provenance.py, docs/PROVENANCE.md). A downscale would not do: resizing moves the block grid and destroys the watermark
 (docs/PROVENANCE.md, robustness table).
 
 Chance: on an unmarked image each decoded bit matches the payload with probability about 1/2, so

@@ -19,16 +19,14 @@ Sections:
 from __future__ import annotations
 
 import argparse
-import base64
-import io
+import contextlib
 import json
 import os
 import platform
-import signal
-import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
@@ -41,12 +39,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from worker.allocator import keep_freed_memory  # noqa: E402
-from worker.kafka_io import LocalBroker, ensure_topics, free_port  # noqa: E402
+from worker.config import KafkaSettings  # noqa: E402
+from worker.corpus import model_images, png_bytes, upload_event  # noqa: E402
+from worker.harness import ServeLauncher, ServeProcess, postgres_database, produce_values  # noqa: E402
+from worker.kafka_io import LocalBroker, ensure_topics  # noqa: E402
 from worker.models import load_autoencoder  # noqa: E402
 from worker.scoring import homogeneity, pixel_budget, score_images  # noqa: E402
-from worker.config import KafkaSettings  # noqa: E402
-from worker.storage import SqlStore, upgrade  # noqa: E402
-from worker.zoo import HELDOUT_PHOTOS, ZOO, generate_images, load_photo, random_crops, zoo_model  # noqa: E402
+from worker.storage import SqlStore  # noqa: E402
+from worker.zoo import ZOO, zoo_model  # noqa: E402
 
 PG_SERVER = os.environ.get("AEDR_BENCH_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432")
 
@@ -56,16 +56,7 @@ def log(message: str) -> None:
 
 
 def make_images(model_name: str, n: int, size: int, seed: int = 0) -> list[np.ndarray]:
-    model = load_autoencoder(str(zoo_model(model_name).path), device="cpu")
-    photos = [load_photo(p) for p in HELDOUT_PHOTOS]
-    rng = np.random.default_rng(seed)
-    return list(generate_images(model, random_crops(photos, n, size, rng), rng))
-
-
-def png(image: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG")
-    return buf.getvalue()
+    return list(model_images(model_name, n, size, seed))
 
 
 # ------------------------------------------------------------------ 1, 2: scoring alone
@@ -112,29 +103,18 @@ def reference_loop(model_dir: Path, files: list[Path]) -> float:
 
 
 class Stack:
-    """A broker, a fresh Postgres database, and helpers to run `aedr serve` processes."""
+    """A broker, a fresh Postgres database, and `aedr serve` processes (worker.harness)."""
 
     def __init__(self, workdir: Path):
-        from sqlalchemy import create_engine, text
-
         self.workdir = workdir
-        self.broker = LocalBroker(log_path=workdir / "broker.log").start()
-        self.db_name = f"aedr_bench_{uuid.uuid4().hex[:8]}"
-        self._admin = create_engine(f"{PG_SERVER}/postgres", isolation_level="AUTOCOMMIT")
-        with self._admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{self.db_name}"'))
-        self.db_url = f"{PG_SERVER}/{self.db_name}"
-        upgrade(self.db_url)
+        self._exit = contextlib.ExitStack()
+        self.broker = self._exit.enter_context(LocalBroker(log_path=workdir / "broker.log"))
+        self.db_url = self._exit.enter_context(postgres_database(PG_SERVER, "aedr_bench"))
         self.store = SqlStore.from_url(self.db_url)
+        self._exit.callback(self.store.close)
 
     def close(self) -> None:
-        from sqlalchemy import text
-
-        self.store.close()
-        with self._admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)'))
-        self._admin.dispose()
-        self.broker.stop()
+        self._exit.close()
 
     def topic(self, partitions: int) -> str:
         name = f"bench-{uuid.uuid4().hex[:8]}"
@@ -142,49 +122,31 @@ class Stack:
                       topics=[name, f"{name}.alerts", f"{name}.dlq"])
         return name
 
-    def serve(self, topic: str, models: list[str], max_size: int, threads: int = 0, extra: tuple[str, ...] = ()) -> subprocess.Popen:
-        port = free_port()
-        lines = [
-            "[kafka]", f'bootstrap_servers = "{self.broker.bootstrap}"', f'topic = "{topic}"', f'group_id = "g-{topic}"',
-            f'alerts_topic = "{topic}.alerts"', f'dlq_topic = "{topic}.dlq"',
-            "session_timeout_ms = 6000", "heartbeat_interval_ms = 1000",
-            "[batch]", f"max_size = {max_size}", "max_wait_ms = 50", f"max_buffered = {4 * max_size}",
-            *[line for line in extra if not line.startswith("scoring.")],
-            "[metrics]", 'host = "127.0.0.1"', f"port = {port}",
-            "[scoring]", 'device = "cpu"', f"batch_size = {max_size}", f"threads = {threads}",
-            *[line.removeprefix("scoring.") for line in extra if line.startswith("scoring.")],
-        ]
-        for name in models:
-            m = zoo_model(name)
-            lines += ["[[watchlist]]", f'name = "{name}"', f'model = "{m.path}"', f'calibration = "{m.calibration_path}"']
-        config = self.workdir / f"w-{port}.toml"
-        config.write_text("\n".join(lines) + "\n")
-        env = {**os.environ, "AEDR_DATABASE__URL": self.db_url, "HF_HUB_OFFLINE": "1"}
-        proc = subprocess.Popen([sys.executable, "-m", "worker.cli", "serve", "--config", str(config), "--log-level", "WARNING"],
-                                cwd=REPO, env=env, stdout=open(self.workdir / f"serve-{port}.log", "wb"),
-                                stderr=subprocess.STDOUT)
-        proc.metrics_port = port  # type: ignore[attr-defined]
-        return proc
+    def serve(self, topic: str, models: list[str], max_size: int, threads: int = 0,
+              extra: tuple[str, ...] = ()) -> ServeProcess:
+        sections = {"batch": {"max_buffered": 4 * max_size},
+                    "scoring": {"batch_size": max_size, "threads": threads}}
+        for item in extra:  # KEY=VALUE for [batch], scoring.KEY=VALUE for [scoring]
+            key, _, value = item.partition("=")
+            section, _, name = key.rpartition(".")
+            try:
+                parsed = tomllib.loads(f"v = {value}")["v"]
+            except tomllib.TOMLDecodeError:
+                parsed = value
+            sections.setdefault(section or "batch", {})[name] = parsed
+        launcher = ServeLauncher(self.broker.bootstrap, self.db_url, self.workdir, models, topic=topic,
+                                 max_size=max_size, sections=sections, log_level="WARNING",
+                                 env={"OMP_NUM_THREADS": str(threads) if threads else str(os.cpu_count())})
+        return launcher.start()
 
     def produce(self, topic: str, payloads: list[bytes], rate: float | None = None) -> dict[str, float]:
-        from kafka import KafkaProducer
-
-        producer = KafkaProducer(bootstrap_servers=[self.broker.bootstrap], linger_ms=2, max_request_size=16 << 20)
-        sent: dict[str, float] = {}
+        """Publish; returns when each event was handed to the producer (time.time())."""
+        ids = [json.loads(v)["event_id"] for v in payloads]
         started = time.time()
-        for i, value in enumerate(payloads):
-            if rate:
-                delay = started + i / rate - time.time()
-                if delay > 0:
-                    time.sleep(delay)
-            event_id = json.loads(value)["event_id"]
-            sent[event_id] = time.time()
-            producer.send(topic, key=event_id.encode(), value=value)
-            if rate:
-                producer.flush()
-        producer.flush()
-        producer.close()
-        return sent
+        produce_values(self.broker.bootstrap, topic, payloads, [i.encode() for i in ids], rate=rate)
+        if rate:
+            return {event_id: started + k / rate for k, event_id in enumerate(ids)}
+        return {event_id: started for event_id in ids}
 
     def rows(self, prefix: str) -> list[dict]:
         return [r for r in self.store.events() if r["event_id"].startswith(prefix)]
@@ -196,31 +158,26 @@ class Stack:
             return int(conn.execute(text("SELECT count(*) FROM events WHERE event_id LIKE :p"),
                                     {"p": prefix + "%"}).scalar_one())
 
-    def wait_stored(self, prefix: str, n: int, procs: list[subprocess.Popen], timeout_s: float = 900) -> list[dict]:
+    def wait_stored(self, prefix: str, n: int, procs: list[ServeProcess], timeout_s: float = 900) -> list[dict]:
         """Wait until n events with this prefix are stored, then read them once. The wait is a
         cheap count: the harness shares the 2 cores with the worker it measures."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.count(prefix) >= n:
                 return self.rows(prefix)
-            if any(p.poll() is not None for p in procs):
-                logs = "\n".join(f.read_text()[-1500:] for f in self.workdir.glob("serve-*.log"))
-                raise RuntimeError(f"a worker exited early:\n{logs}")
+            if any(p.proc.poll() is not None for p in procs):
+                raise RuntimeError("a worker exited early:\n" + "\n".join(p.log()[-1500:] for p in procs))
             time.sleep(0.5)
         raise RuntimeError(f"only {len(self.rows(prefix))} of {n} events stored; see {self.workdir}")
 
 
 def payloads(images: list[np.ndarray], prefix: str) -> list[bytes]:
-    return [json.dumps({"event_id": f"{prefix}-{i}", "image_b64": base64.b64encode(png(im)).decode()}).encode()
-            for i, im in enumerate(images)]
+    return [upload_event(f"{prefix}-{i}", im) for i, im in enumerate(images)]
 
 
-def stop(procs: list[subprocess.Popen]) -> None:
+def stop(procs: list[ServeProcess]) -> None:
     for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    for p in procs:
-        p.wait(timeout=60)
+        p.terminate()
 
 
 def stage_seconds(port: int) -> dict[str, float]:
@@ -327,7 +284,7 @@ def main() -> None:
         files = []
         for i, im in enumerate(images):
             files.append(Path(tmp) / f"{i:04d}.png")
-            files[-1].write_bytes(png(im))
+            files[-1].write_bytes(png_bytes(im))
         results["reference"] = reference_loop(zoo_model(args.model).path, files)
     results["batched_over_reference"] = results["pure_worker_config"] / results["reference"]
 

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from worker.models import load_autoencoder
-from worker.zoo import HELDOUT_PHOTOS, ZOO, generate_images, load_photo, random_crops
+from worker.corpus import heldout_photos, model_images, real_images
+from worker.zoo import ZOO
 
 SPLITS = {"calibration": 150, "validation": 50, "test": 100}
 REAL_SPLITS = {"validation": 100, "test": 200}
@@ -44,17 +44,14 @@ def main() -> None:
     parser.add_argument("--noise", type=float, default=0.25)
     args = parser.parse_args()
     out = Path(args.out)
-    photos = [load_photo(name) for name in HELDOUT_PHOTOS]
+    photos = heldout_photos()
     for k, member in enumerate(ZOO):
-        model = load_autoencoder(str(member.path), name=member.name, device="cpu")
         for j, (split, n) in enumerate(SPLITS.items()):
-            rng = np.random.default_rng([args.seed, k, j])
-            sources = random_crops(photos, n, args.size, rng)
-            save_all(generate_images(model, sources, rng, args.noise), out / member.name / split)
+            images = model_images(member.name, n, args.size, seed=[args.seed, k, j], photos=photos, noise=args.noise)
+            save_all(images, out / member.name / split)
         print(f"{member.name}: {sum(SPLITS.values())} images")
     for j, (split, n) in enumerate(REAL_SPLITS.items()):
-        rng = np.random.default_rng([args.seed, 1000, j])
-        save_all(random_crops(photos, n, args.size, rng), out / "real" / split)
+        save_all(real_images(n, args.size, seed=[args.seed, 1000, j], photos=photos), out / "real" / split)
     print(f"real: {sum(REAL_SPLITS.values())} images")
 
 

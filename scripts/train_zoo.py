@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from worker.models import autoencoder_class
-from worker.zoo import TRAIN_PHOTOS, ZOO, ZooModel, load_photo, random_crops
+from worker.corpus import load_photo, random_crops
+from worker.zoo import TRAIN_PHOTOS, ZOO, ZooModel
 
 CROP = 32
 BATCH = 32

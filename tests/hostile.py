@@ -11,12 +11,12 @@ from __future__ import annotations
 import base64
 import io
 import json
-import struct
-import zlib
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
+
+from worker.corpus import png_header
 
 SCORED = "scored"
 
@@ -36,14 +36,6 @@ def _encode(image: Image.Image, fmt: str, **kw) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format=fmt, **kw)
     return buf.getvalue()
-
-
-def _png_header(width: int, height: int, bit_depth: int = 8, colour: int = 2) -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, colour, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 256)) + chunk(b"IEND", b"")
 
 
 def _event(event_id: str, **fields) -> bytes:
@@ -128,7 +120,7 @@ def corpus(n: int = 10_000, seed: int = 0, oversized_mb: int = 24) -> list[Hosti
         add("zero-size or 1x1", _b64_event(eid(), data) if data else _event(eid(), image_b64=""),
             "schema" if not data else "decode")
     for i in range(per):  # decompression bombs: tiny files declaring huge images
-        add("decompression bomb", _b64_event(eid(), _png_header(50_000 + i, 60_000)), "too_large")
+        add("decompression bomb", _b64_event(eid(), png_header(50_000 + i, 60_000)), "too_large")
     for i in range(per):  # URL fetching refused by default
         url = ["http://169.254.169.254/latest/meta-data/", "file:///etc/passwd", "gopher://x/", "ftp://a/b.png",
                "http://127.0.0.1:5432/", "https://example.com/a.png", "javascript:alert(1)", "//no-scheme"][i % 8]

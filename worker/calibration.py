@@ -16,13 +16,16 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .decision import attributed
+from .errors import AedrError
+
 GRID_POINTS = 10_000
 DEFAULT_ALPHA = 0.05
 # Candidate α for validation-based selection: the paper's optimal values ranged 0.003–0.085.
 ALPHA_GRID = tuple(np.round(np.arange(0.001, 0.2001, 0.001), 3))
 
 
-class CalibrationError(ValueError):
+class CalibrationError(AedrError, ValueError):
     """A calibration cannot be fitted, read, or does not match the model it is used with."""
 
 
@@ -56,17 +59,12 @@ def kde_threshold(scores: Sequence[float], alpha: float = DEFAULT_ALPHA) -> floa
     return quantile(*kde_cdf(scores), alpha)
 
 
-def belongs(score: float, threshold: float) -> bool:
-    """The decision: attributed to the model iff t' < τ (strict)."""
-    return bool(score < threshold)
-
-
 def balanced_accuracy(own: Sequence[float], negatives: Sequence[float], threshold: float) -> float:
     """Mean of the true-positive rate on `own` and the true-negative rate on `negatives`."""
     own_a, neg_a = np.asarray(own, float), np.asarray(negatives, float)
     if own_a.size == 0 or neg_a.size == 0:
         raise CalibrationError("balanced accuracy needs own and negative scores")
-    return float((np.mean(own_a < threshold) + np.mean(neg_a >= threshold)) / 2)
+    return float((np.mean(attributed(own_a, threshold)) + np.mean(~attributed(neg_a, threshold))) / 2)
 
 
 def select_alpha(

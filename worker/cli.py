@@ -1,4 +1,5 @@
-"""The `aedr` command: argument parsing and composition root, nothing else.
+"""The `aedr` command: argument parsing and dispatch, nothing else (a running worker is
+composed in `worker.service.build`).
 
 Subcommands: `score` and `calibrate` work on files; `serve` runs the stream worker; `demo` runs
 the whole system on this machine; `db upgrade` applies migrations. Expected failures (a missing
@@ -141,19 +142,31 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from .config import load_settings
-    from .service import Service, stop_on_signals
-
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     stop = threading.Event()
-    stop_on_signals(stop)
+    _stop_on_signals(stop)  # before the slow imports and the model loading: a stop then is clean too
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .config import load_settings
+    from .service import build, configure_process
+
     settings = load_settings(args.config)
-    service = Service(settings, stop=stop)
+    configure_process(settings.scoring)
+    service = build(settings, stop)
+    if service is None:  # stopped during start-up
+        return 0
     try:
         service.run()
     finally:
         service.close()
     return 0
+
+
+def _stop_on_signals(stop: threading.Event) -> None:
+    """SIGTERM/SIGINT set `stop`: the worker finishes its batch, commits and exits 0."""
+    import signal
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -184,16 +197,14 @@ def _quiet_libraries() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .calibration import CalibrationError
-    from .config import ConfigError
-    from .models import ModelNotFound
+    from .errors import AedrError
 
     args = build_parser().parse_args(argv)
     _quiet_libraries()
     handlers = {"score": _cmd_score, "calibrate": _cmd_calibrate, "serve": _cmd_serve, "demo": _cmd_demo, "db": _cmd_db}
     try:
         return handlers[args.command](args)
-    except (ModelNotFound, CalibrationError, ConfigError) as exc:
+    except AedrError as exc:
         return _fail(str(exc))
     except KeyboardInterrupt:
         return 130

@@ -15,10 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from .errors import AedrError
+
 ENV_PREFIX = "AEDR_"
 
 
-class ConfigError(ValueError):
+class ConfigError(AedrError, ValueError):
     """The configuration is missing, malformed or inconsistent; one line says which key."""
 
 
@@ -46,8 +48,6 @@ class KafkaSettings:
 class DatabaseSettings:
     url: str = "sqlite:///aedr.sqlite"
     url_file: str = ""  # read the URL from this file instead (a mounted secret)
-    retry_initial_s: float = 0.5
-    retry_max_s: float = 10.0
 
     def resolved_url(self) -> str:
         if self.url_file:
@@ -56,6 +56,19 @@ class DatabaseSettings:
             except OSError as exc:
                 raise ConfigError(f"database.url_file {self.url_file}: {exc.strerror}") from None
         return self.url
+
+
+@dataclass(frozen=True)
+class RetrySettings:
+    """Backoff for a batch whose store, publish or scoring failed: initial_s, doubling, at most
+    max_s between attempts; nothing is committed meanwhile."""
+
+    initial_s: float = 0.5
+    max_s: float = 10.0
+
+    def delay(self, attempt: int) -> float:
+        """Seconds before retry number `attempt` (1, 2, …); capped, and never overflows."""
+        return min(self.max_s, self.initial_s * 2.0 ** min(max(attempt - 1, 0), 60))
 
 
 @dataclass(frozen=True)
@@ -87,6 +100,8 @@ class MetricsSettings:
 
 @dataclass(frozen=True)
 class ImageSettings:
+    """Limits on an upload, checked before any pixel is decoded."""
+
     max_bytes: int = 20 * 1024 * 1024
     max_pixels: int = 40_000_000
     min_side: int = 8
@@ -130,6 +145,7 @@ class WatchlistEntry:
 class Settings:
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    retry: RetrySettings = field(default_factory=RetrySettings)
     batch: BatchSettings = field(default_factory=BatchSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     images: ImageSettings = field(default_factory=ImageSettings)

@@ -9,18 +9,12 @@ everything it started.
 
 from __future__ import annotations
 
-import base64
-import io
-import json
 import logging
 import sys
 import tempfile
 import time
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
 
 from .config import (
     BatchSettings,
@@ -32,72 +26,13 @@ from .config import (
     Settings,
     WatchlistEntry,
 )
-from .kafka_io import LocalBroker, ensure_topics, free_port, make_producer
+from .corpus import BROKEN, REAL, CorpusEvent, build_corpus
+from .harness import produce_values
+from .kafka_io import LocalBroker, ensure_topics, free_port
 from .storage import upgrade
-from .zoo import HELDOUT_PHOTOS, ZOO, generate_images, load_photo, random_crops
+from .zoo import ZOO
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class DemoEvent:
-    event_id: str
-    truth: str  # a zoo model's name, "real", or "broken"
-    value: bytes
-    partition: int = -1  # where the broker put it (filled in when published)
-    offset: int = -1
-
-
-def _png(image: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _event(event_id: str, truth: str, **fields) -> DemoEvent:
-    payload = {"event_id": event_id, "uploaded_at": "2026-11-28T12:00:00Z", "metadata": {"demo_truth": truth}, **fields}
-    return DemoEvent(event_id, truth, json.dumps(payload).encode())
-
-
-def build_events(per_model: int, real: int, workdir: Path, seed: int = 2026) -> list[DemoEvent]:
-    """Generated images per zoo model, real crops (some by file:// URL), and broken events."""
-    from .models import load_autoencoder
-
-    photos = [load_photo(name) for name in HELDOUT_PHOTOS]
-    events: list[DemoEvent] = []
-    for k, member in enumerate(ZOO):
-        model = load_autoencoder(str(member.path), name=member.name, device="cpu")
-        rng = np.random.default_rng([seed, k])
-        for i, image in enumerate(generate_images(model, random_crops(photos, per_model, 64, rng), rng)):
-            events.append(_event(f"{member.name}-{i:03d}", member.name, image_b64=base64.b64encode(_png(image)).decode()))
-    rng = np.random.default_rng([seed, 999])
-    files = workdir / "uploads"
-    files.mkdir()
-    for i, image in enumerate(random_crops(photos, real, 64, rng)):
-        if i % 4 == 0:  # a quarter arrive as file:// URLs under the configured root
-            path = files / f"real-{i:03d}.png"
-            path.write_bytes(_png(image))
-            events.append(_event(f"real-{i:03d}", "real", image_url=path.as_uri()))
-        else:
-            events.append(_event(f"real-{i:03d}", "real", image_b64=base64.b64encode(_png(image)).decode()))
-    good_png = _png(random_crops(photos, 1, 64, rng)[0])
-    broken = [
-        DemoEvent("broken-json", "broken", b'{"event_id": "broken-json", "image_b64": '),
-        DemoEvent("broken-utf8", "broken", b"\xff\xfe\x00not utf-8"),
-        _event("broken-no-image", "broken"),
-        _event("broken-both", "broken", image_b64="AAAA", image_url="file:///etc/hosts"),
-        _event("broken-base64", "broken", image_b64="this is not base64!!"),
-        _event("broken-truncated", "broken", image_b64=base64.b64encode(good_png[: len(good_png) // 2]).decode()),
-        _event("broken-not-image", "broken", image_b64=base64.b64encode(b"just some text").decode()),
-        _event("broken-outside-root", "broken", image_url="file:///etc/passwd"),
-        _event("broken-network", "broken", image_url="http://169.254.169.254/latest/meta-data/"),
-        _event("broken-tiny", "broken", image_b64=base64.b64encode(_png(np.zeros((1, 1, 3), np.uint8))).decode()),
-    ]
-    events.extend(broken)
-    order = np.random.default_rng([seed, 7]).permutation(len(events))
-    return [events[i] for i in order]
 
 
 def demo_settings(bootstrap: str, database_url: str, metrics_port: int, workdir: Path) -> Settings:
@@ -131,12 +66,15 @@ def _scrape(port: int) -> dict[str, float]:
     return values
 
 
-def report(events: list[DemoEvent], stored: list[dict], rows: list[dict]) -> tuple[str, bool]:
+def report(events: list[CorpusEvent], positions: list[tuple[int, int]], stored: list[dict],
+           rows: list[dict]) -> tuple[str, bool]:
     """Per-model precision and recall against the truth, and whether every event is accounted
-    for (each broken one dead-lettered, nothing else failed). `stored` rows are joined to the
-    published events by event_id, or by (partition, offset) for values that never parsed."""
+    for (each broken one dead-lettered with its reason, nothing else failed). `stored` rows are
+    joined to the published events by event_id, or by (partition, offset) for values that never
+    parsed."""
     truth = {e.event_id: e.truth for e in events}
-    by_position = {(e.partition, e.offset): e.event_id for e in events}
+    expected_reason = {e.event_id: e.reason for e in events if e.truth == BROKEN}
+    by_position = {position: e.event_id for e, position in zip(events, positions)}
     outcome: dict[str, dict] = {}
     for r in stored:
         event_id = r["event_id"] if r["event_id"] in truth else by_position.get((r["partition"], r["offset"]), r["event_id"])
@@ -159,45 +97,51 @@ def report(events: list[DemoEvent], stored: list[dict], rows: list[dict]) -> tup
             cells.append((len(chosen), precision, f"{correct / own:.2f}" if own else "-"))
         (m, mp, mr), (b, bp, br) = cells
         lines.append(f"{name:<10} {own:>4} {m:>8} {mp:>10} {mr:>7}   {b:>5} {bp:>10} {br:>7}")
-    real_ids = {e for e, t in truth.items() if t == "real"}
+    real_ids = {e for e, t in truth.items() if t == REAL}
     flagged = {e for e in real_ids if outcome.get(e, {}).get("best_match")}
     lines.append(f"real photos: {len(real_ids)}, attributed to some model: {len(flagged)}")
-    broken = sorted(e for e, t in truth.items() if t == "broken")
+    broken = sorted(expected_reason)
     failed = {e for e, r in outcome.items() if r["status"] == "failed"}
     lines.append(f"broken events: {len(broken)}, dead-lettered: {len(set(broken) & failed)}")
+    wrong_reason = []
     for event_id in broken:
-        lines.append(f"  {event_id:<22} {outcome.get(event_id, {}).get('error') or 'NOT DEAD-LETTERED'}")
+        error = outcome.get(event_id, {}).get("error") or "NOT DEAD-LETTERED"
+        if error.split(":", 1)[0] != expected_reason[event_id]:
+            wrong_reason.append(event_id)
+        lines.append(f"  {event_id:<22} {error}")
     unexpected = sorted(failed - set(broken))
     if unexpected:
         lines.append(f"unexpected failures: {unexpected}")
-    ok = set(broken) <= failed and not unexpected and set(outcome) == set(truth)
+    if wrong_reason:
+        lines.append(f"dead-lettered with the wrong reason: {wrong_reason}")
+    ok = set(broken) <= failed and not unexpected and not wrong_reason and set(outcome) == set(truth)
     return "\n".join(lines), ok
 
 
 def run_demo(per_model: int = 30, real: int = 60, database_url: str | None = None,
              metrics_port: int | None = None, timeout_s: float = 300.0) -> int:
-    from .service import Service
+    import threading
+
+    from .service import build, configure_process
 
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="aedr-demo-") as tmp:
         workdir = Path(tmp)
         database_url = database_url or f"sqlite:///{workdir / 'aedr.sqlite'}"
         print("aedr demo: generating images with the zoo models …", flush=True)
-        events = build_events(per_model, real, workdir)
+        (workdir / "uploads").mkdir()
+        events = build_corpus([m.name for m in ZOO], per_model, real, seed=2026, files=workdir / "uploads")
         with LocalBroker(log_path=workdir / "broker.log") as broker:
             print(f"aedr demo: broker (Tansu) on {broker.bootstrap}; database {database_url.split('///')[0]}…", flush=True)
             settings = demo_settings(broker.bootstrap, database_url, metrics_port or free_port(), workdir)
             upgrade(database_url)
             ensure_topics(settings.kafka)
-            producer = make_producer(settings.kafka)
-            futures = [producer.send(settings.kafka.topic, value=e.value, key=e.event_id.encode()) for e in events]
-            producer.flush()
-            for e, future in zip(events, futures):
-                metadata = future.get(timeout=30)
-                e.partition, e.offset = metadata.partition, metadata.offset
-            producer.close()
+            positions = produce_values(broker.bootstrap, settings.kafka.topic, [e.value for e in events],
+                                       [e.key for e in events])
             print(f"aedr demo: published {len(events)} events; serving …", flush=True)
-            service = Service(settings)
+            configure_process(settings.scoring)
+            service = build(settings, threading.Event())
+            assert service is not None
             try:
                 deadline = time.monotonic() + timeout_s
                 service.run(until=lambda: service.worker.committed_events >= len(events) or time.monotonic() > deadline)
@@ -207,7 +151,7 @@ def run_demo(per_model: int = 30, real: int = 60, database_url: str | None = Non
                 stored = service.store.events()
             finally:
                 service.close()
-        table, ok = report(events, stored, rows)
+        table, ok = report(events, positions, stored, rows)
         complete = len(stored) == len(events)
         print()
         print(table)

@@ -5,9 +5,10 @@ Input, JSON UTF-8, schema version 1:
      "uploaded_at": RFC 3339 str (optional), "metadata": object (optional),
      "schema_version": 1 (optional)}
 
-Anything else raises `InvalidEvent(reason, message)`; the reason is a stable short code that the
-dead-letter topic, the `aedr_dlq_total{reason}` metric and the `events.error` column carry.
-Validation lives here once; the pipeline only catches `InvalidEvent`.
+Anything else raises `InvalidEvent(reason, message)`. The reason is a `Reason`, a closed set of
+stable short codes that the dead-letter topic, the `aedr_dlq_total{reason}` metric and the
+`events.error` column carry; it travels as a value from where it is raised to where it is
+counted, never as text to be parsed back. Validation lives here once.
 """
 
 from __future__ import annotations
@@ -17,15 +18,22 @@ import binascii
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
-# Dead-letter reasons (a closed set: dashboards and alert rules group by them).
-BAD_JSON = "bad_json"
-SCHEMA = "schema"
-FETCH = "fetch"
-DECODE = "decode"
-TOO_LARGE = "too_large"
-REASONS = (BAD_JSON, SCHEMA, FETCH, DECODE, TOO_LARGE)
+
+class Reason(StrEnum):
+    """Why an event was dead-lettered (a closed set: dashboards and alert rules group by it)."""
+
+    BAD_JSON = "bad_json"  # not UTF-8 JSON
+    SCHEMA = "schema"  # JSON, but not a valid event
+    FETCH = "fetch"  # image_url could not be fetched (or is not allowed)
+    DECODE = "decode"  # the bytes are not an image we can score
+    TOO_LARGE = "too_large"  # over a configured size limit
+    INTERNAL = "internal"  # a bug of ours met this input: not the upload's fault, kept apart
+
+
+REASONS = tuple(Reason)
 
 SCHEMA_VERSION = 1
 MAX_EVENT_ID_LENGTH = 256
@@ -33,11 +41,11 @@ _ALLOWED_KEYS = {"event_id", "image_url", "image_b64", "uploaded_at", "metadata"
 
 
 class InvalidEvent(Exception):
-    """A message the worker will not score; `reason` is one of REASONS."""
+    """A message the worker will not score, and why."""
 
-    def __init__(self, reason: str, message: str):
+    def __init__(self, reason: Reason, message: str):
         super().__init__(message)
-        self.reason = reason
+        self.reason = Reason(reason)
 
 
 @dataclass(frozen=True)
@@ -52,60 +60,60 @@ class UploadEvent:
 def decode_event(value: bytes | None, max_bytes: int) -> UploadEvent:
     """Parse and validate one message value."""
     if value is None:
-        raise InvalidEvent(SCHEMA, "message has no value (tombstone)")
+        raise InvalidEvent(Reason.SCHEMA, "message has no value (tombstone)")
     # A base64 payload is 4/3 of the image, plus the JSON around it.
     if len(value) > max_bytes * 4 // 3 + 64 * 1024:
-        raise InvalidEvent(TOO_LARGE, f"message is {len(value)} bytes; image limit {max_bytes}")
+        raise InvalidEvent(Reason.TOO_LARGE, f"message is {len(value)} bytes; image limit {max_bytes}")
     try:
         text = value.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise InvalidEvent(BAD_JSON, f"not UTF-8: {exc.reason} at byte {exc.start}") from None
+        raise InvalidEvent(Reason.BAD_JSON, f"not UTF-8: {exc.reason} at byte {exc.start}") from None
     try:
         raw = json.loads(text)
     except (json.JSONDecodeError, RecursionError) as exc:
-        raise InvalidEvent(BAD_JSON, f"not JSON: {str(exc)[:200]}") from None
+        raise InvalidEvent(Reason.BAD_JSON, f"not JSON: {str(exc)[:200]}") from None
     if not isinstance(raw, dict):
-        raise InvalidEvent(SCHEMA, f"event must be a JSON object, got {type(raw).__name__}")
+        raise InvalidEvent(Reason.SCHEMA, f"event must be a JSON object, got {type(raw).__name__}")
     unknown = set(raw) - _ALLOWED_KEYS
     if unknown:
-        raise InvalidEvent(SCHEMA, f"unknown field(s): {', '.join(sorted(unknown))[:200]}")
+        raise InvalidEvent(Reason.SCHEMA, f"unknown field(s): {', '.join(sorted(unknown))[:200]}")
     version = raw.get("schema_version", SCHEMA_VERSION)
     if version != SCHEMA_VERSION or isinstance(version, bool):
-        raise InvalidEvent(SCHEMA, f"schema_version {version!r} is not supported (expected {SCHEMA_VERSION})")
+        raise InvalidEvent(Reason.SCHEMA, f"schema_version {version!r} is not supported (expected {SCHEMA_VERSION})")
     event_id = raw.get("event_id")
     if not isinstance(event_id, str) or not event_id.strip():
-        raise InvalidEvent(SCHEMA, "event_id must be a non-empty string")
+        raise InvalidEvent(Reason.SCHEMA, "event_id must be a non-empty string")
     if len(event_id) > MAX_EVENT_ID_LENGTH or not event_id.isprintable():
-        raise InvalidEvent(SCHEMA, f"event_id must be ≤ {MAX_EVENT_ID_LENGTH} printable characters")
+        raise InvalidEvent(Reason.SCHEMA, f"event_id must be ≤ {MAX_EVENT_ID_LENGTH} printable characters")
     url, b64 = raw.get("image_url"), raw.get("image_b64")
     if (url is None) == (b64 is None):
-        raise InvalidEvent(SCHEMA, "exactly one of image_url and image_b64 is required")
+        raise InvalidEvent(Reason.SCHEMA, "exactly one of image_url and image_b64 is required")
     if url is not None and (not isinstance(url, str) or not url):
-        raise InvalidEvent(SCHEMA, "image_url must be a non-empty string")
+        raise InvalidEvent(Reason.SCHEMA, "image_url must be a non-empty string")
     if b64 is not None and (not isinstance(b64, str) or not b64):
-        raise InvalidEvent(SCHEMA, "image_b64 must be a non-empty string")
+        raise InvalidEvent(Reason.SCHEMA, "image_b64 must be a non-empty string")
     uploaded_at = raw.get("uploaded_at")
     if uploaded_at is not None:
         if not isinstance(uploaded_at, str):
-            raise InvalidEvent(SCHEMA, "uploaded_at must be an RFC 3339 string")
+            raise InvalidEvent(Reason.SCHEMA, "uploaded_at must be an RFC 3339 string")
         try:
             datetime.fromisoformat(uploaded_at.replace("Z", "+00:00"))
         except ValueError:
-            raise InvalidEvent(SCHEMA, f"uploaded_at {uploaded_at[:64]!r} is not RFC 3339") from None
+            raise InvalidEvent(Reason.SCHEMA, f"uploaded_at {uploaded_at[:64]!r} is not RFC 3339") from None
     metadata = raw.get("metadata", {})
     if not isinstance(metadata, dict):
-        raise InvalidEvent(SCHEMA, "metadata must be a JSON object")
+        raise InvalidEvent(Reason.SCHEMA, "metadata must be a JSON object")
     return UploadEvent(event_id=event_id, image_url=url, image_b64=b64, uploaded_at=uploaded_at, metadata=metadata)
 
 
 def decode_b64_image(data: str, max_bytes: int) -> bytes:
     """The image bytes of an `image_b64` field (standard alphabet, padding required)."""
     if len(data) > (max_bytes + 2) // 3 * 4:
-        raise InvalidEvent(TOO_LARGE, f"image_b64 decodes to more than {max_bytes} bytes")
+        raise InvalidEvent(Reason.TOO_LARGE, f"image_b64 decodes to more than {max_bytes} bytes")
     try:
         return base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise InvalidEvent(DECODE, f"image_b64 is not valid base64: {exc}") from None
+        raise InvalidEvent(Reason.DECODE, f"image_b64 is not valid base64: {exc}") from None
 
 
 def event_id_hint(value: bytes | None) -> str | None:
@@ -123,11 +131,9 @@ def event_id_hint(value: bytes | None) -> str | None:
     return None
 
 
-def alert_message(
-    event: UploadEvent, matches: list[dict[str, Any]], scored_at: str
-) -> bytes:
-    """The alert published for an event that matched at least one watchlist model."""
-    best = min(matches, key=lambda m: m["score"] / m["threshold"])
+def alert_message(event: UploadEvent, matches: list[dict[str, Any]], best: dict[str, Any], scored_at: str) -> bytes:
+    """The alert published for an event that matched at least one watchlist model; `best` is
+    the match `worker.decision.best_match` chose (the decision is not repeated here)."""
     payload = {
         "schema_version": SCHEMA_VERSION,
         "event_id": event.event_id,

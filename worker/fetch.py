@@ -21,7 +21,7 @@ from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
 from .config import FetchSettings
-from .events import FETCH, TOO_LARGE, InvalidEvent
+from .events import InvalidEvent, Reason
 
 _REDIRECTS = {301, 302, 303, 307, 308}
 _CHUNK = 64 * 1024
@@ -39,43 +39,43 @@ class Fetcher:
             parts = urlsplit(url)
             scheme = parts.scheme.lower()
             if scheme not in self.settings.allowed_schemes:
-                raise InvalidEvent(FETCH, f"URL scheme {scheme or '(none)'!r} is not allowed")
+                raise InvalidEvent(Reason.FETCH, f"URL scheme {scheme or '(none)'!r} is not allowed")
             if scheme == "file":
                 return self._read_file(parts.path)
             if scheme not in ("http", "https"):
-                raise InvalidEvent(FETCH, f"URL scheme {scheme!r} is not supported")
+                raise InvalidEvent(Reason.FETCH, f"URL scheme {scheme!r} is not supported")
             location = self._http_get(scheme, parts, deadline)
             if isinstance(location, bytes):
                 return location
             url = urljoin(url, location)
-        raise InvalidEvent(FETCH, f"more than {self.settings.max_redirects} redirects")
+        raise InvalidEvent(Reason.FETCH, f"more than {self.settings.max_redirects} redirects")
 
     def _read_file(self, path: str) -> bytes:
         if not self.settings.file_root:
-            raise InvalidEvent(FETCH, "file:// URLs need fetch.file_root")
+            raise InvalidEvent(Reason.FETCH, "file:// URLs need fetch.file_root")
         root = Path(self.settings.file_root).resolve()
         target = Path(path).resolve()
         if not target.is_relative_to(root):
-            raise InvalidEvent(FETCH, "file:// path is outside fetch.file_root")
+            raise InvalidEvent(Reason.FETCH, "file:// path is outside fetch.file_root")
         try:
             if target.stat().st_size > self.max_bytes:
-                raise InvalidEvent(TOO_LARGE, f"file is larger than {self.max_bytes} bytes")
+                raise InvalidEvent(Reason.TOO_LARGE, f"file is larger than {self.max_bytes} bytes")
             return target.read_bytes()
         except OSError as exc:
-            raise InvalidEvent(FETCH, f"file:// read failed: {exc.strerror}") from None
+            raise InvalidEvent(Reason.FETCH, f"file:// read failed: {exc.strerror}") from None
 
     def _check_host(self, host: str, port: int) -> str:
         if host.lower() not in {h.lower() for h in self.settings.allowed_hosts}:
-            raise InvalidEvent(FETCH, f"host {host!r} is not in fetch.allowed_hosts")
+            raise InvalidEvent(Reason.FETCH, f"host {host!r} is not in fetch.allowed_hosts")
         try:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except (socket.gaierror, UnicodeError) as exc:
-            raise InvalidEvent(FETCH, f"cannot resolve {host!r}: {exc}") from None
+            raise InvalidEvent(Reason.FETCH, f"cannot resolve {host!r}: {exc}") from None
         addresses = [info[4][0] for info in infos]
         for address in addresses:
             ip = ipaddress.ip_address(address.split("%")[0])
             if not self.settings.allow_private_addresses and not ip.is_global:
-                raise InvalidEvent(FETCH, f"host {host!r} resolves to non-public address {ip}")
+                raise InvalidEvent(Reason.FETCH, f"host {host!r} resolves to non-public address {ip}")
         return addresses[0]
 
     def _http_get(self, scheme: str, parts, deadline: float) -> bytes | str:
@@ -94,27 +94,27 @@ class Fetcher:
             if response.status in _REDIRECTS:
                 location = response.getheader("Location")
                 if not location:
-                    raise InvalidEvent(FETCH, f"HTTP {response.status} without Location")
+                    raise InvalidEvent(Reason.FETCH, f"HTTP {response.status} without Location")
                 return location
             if response.status != 200:
-                raise InvalidEvent(FETCH, f"HTTP {response.status}")
+                raise InvalidEvent(Reason.FETCH, f"HTTP {response.status}")
             declared = response.getheader("Content-Length")
             if declared and declared.isdigit() and int(declared) > self.max_bytes:
-                raise InvalidEvent(TOO_LARGE, f"Content-Length {declared} exceeds {self.max_bytes}")
+                raise InvalidEvent(Reason.TOO_LARGE, f"Content-Length {declared} exceeds {self.max_bytes}")
             body = bytearray()
             while True:
                 if time.monotonic() > deadline:
-                    raise InvalidEvent(FETCH, f"fetch took longer than {self.settings.timeout_s} s")
+                    raise InvalidEvent(Reason.FETCH, f"fetch took longer than {self.settings.timeout_s} s")
                 chunk = response.read1(_CHUNK) if hasattr(response, "read1") else response.read(_CHUNK)
                 if not chunk:
                     return bytes(body)
                 body += chunk
                 if len(body) > self.max_bytes:
-                    raise InvalidEvent(TOO_LARGE, f"body exceeds {self.max_bytes} bytes")
+                    raise InvalidEvent(Reason.TOO_LARGE, f"body exceeds {self.max_bytes} bytes")
         except InvalidEvent:
             raise
         except (OSError, http.client.HTTPException, ssl.SSLError) as exc:
-            raise InvalidEvent(FETCH, f"{type(exc).__name__}: {exc}"[:300]) from None
+            raise InvalidEvent(Reason.FETCH, f"{type(exc).__name__}: {exc}"[:300]) from None
         finally:
             conn.close()
 

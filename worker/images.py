@@ -11,38 +11,25 @@ from __future__ import annotations
 
 import io
 import warnings
-from dataclasses import dataclass
 
 import numpy as np
 
-# Reasons are part of the dead-letter contract (docs and dashboards group by them).
-REASON_TOO_LARGE = "too_large"
-REASON_DECODE = "decode"
+from .config import ImageSettings
+from .events import InvalidEvent, Reason
 
 
-class ImageError(ValueError):
-    """The bytes are not an image we will score; `reason` is a stable short code."""
-
-    def __init__(self, reason: str, message: str):
-        super().__init__(message)
-        self.reason = reason
+class ImageError(InvalidEvent):
+    """The bytes are not an image we will score; `reason` is `Reason.DECODE` or `TOO_LARGE`."""
 
 
-@dataclass(frozen=True)
-class ImageLimits:
-    max_bytes: int = 20 * 1024 * 1024
-    max_pixels: int = 40_000_000
-    min_side: int = 8
-
-
-def decode_image(data: bytes, limits: ImageLimits = ImageLimits()) -> np.ndarray:
+def decode_image(data: bytes, limits: ImageSettings = ImageSettings()) -> np.ndarray:
     """Decode the first frame of an image to RGB uint8 (H, W, 3), or raise `ImageError`."""
     from PIL import Image, UnidentifiedImageError
 
     if len(data) > limits.max_bytes:
-        raise ImageError(REASON_TOO_LARGE, f"image is {len(data)} bytes; limit {limits.max_bytes}")
+        raise ImageError(Reason.TOO_LARGE, f"image is {len(data)} bytes; limit {limits.max_bytes}")
     if not data:
-        raise ImageError(REASON_DECODE, "image is empty (0 bytes)")
+        raise ImageError(Reason.DECODE, "image is empty (0 bytes)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -50,23 +37,23 @@ def decode_image(data: bytes, limits: ImageLimits = ImageLimits()) -> np.ndarray
                 width, height = im.size
                 if width * height > limits.max_pixels:
                     raise ImageError(
-                        REASON_TOO_LARGE,
+                        Reason.TOO_LARGE,
                         f"image declares {width}×{height} pixels; limit {limits.max_pixels}",
                     )
                 if min(width, height) < limits.min_side:
                     raise ImageError(
-                        REASON_DECODE, f"image is {width}×{height}; both sides must be ≥ {limits.min_side}"
+                        Reason.DECODE, f"image is {width}×{height}; both sides must be ≥ {limits.min_side}"
                     )
                 im.seek(0)
                 return _to_rgb(im)
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(REASON_TOO_LARGE, f"decompression bomb refused: {exc}") from None
+        raise ImageError(Reason.TOO_LARGE, f"decompression bomb refused: {exc}") from None
     except UnidentifiedImageError:
-        raise ImageError(REASON_DECODE, "not a recognised image format") from None
+        raise ImageError(Reason.DECODE, "not a recognised image format") from None
     except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as exc:
-        raise ImageError(REASON_DECODE, f"corrupt image: {exc}") from None
+        raise ImageError(Reason.DECODE, f"corrupt image: {exc}") from None
 
 
 def _to_rgb(im) -> np.ndarray:
@@ -89,5 +76,5 @@ def _to_rgb(im) -> np.ndarray:
         im = im.convert("RGB")  # CMYK, L, LA, RGBA (alpha dropped), YCbCr, palette …
     arr = np.array(im, dtype=np.uint8)  # a writable copy, not PIL's read-only view
     if arr.ndim != 3 or arr.shape[2] != 3:
-        raise ImageError(REASON_DECODE, f"unexpected decoded shape {arr.shape}")
+        raise ImageError(Reason.DECODE, f"unexpected decoded shape {arr.shape}")
     return np.ascontiguousarray(arr)

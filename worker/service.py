@@ -1,110 +1,137 @@
-"""Assembling a running worker from `Settings`: the one place where every part is built.
+"""The composition root of a running worker: `build` makes every part, in one place and in one
+order, and `Service` only runs and closes them. `aedr serve` and `aedr demo` both go through
+here, so the demo exercises exactly the production wiring.
 
-`aedr serve` and `aedr demo` both go through `Service`, so the demo exercises exactly the
-production wiring (real broker client, real database, real HTTP metrics).
+Constructors of the parts do no I/O; what does (the metrics server, model loading, the database
+and broker clients) happens here, visibly. Process-wide settings (malloc thresholds, torch
+threads, the matplotlib backend) are applied once by `configure_process`, before anything else.
 """
 
 from __future__ import annotations
 
 import logging
-import signal
 import threading
-import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
 from typing import Callable
 
-import torch
 from prometheus_client import CollectorRegistry
 
-from .allocator import keep_freed_memory
-from .config import Settings, mask_url
+from .clock import SystemClock
+from .completion import Completion, ProducerSlot
+from .config import ScoringSettings, Settings, mask_url
 from .fetch import Fetcher
-from .images import ImageLimits
-from .kafka_io import make_consumer, make_producer
+from .health import Health
+from .kafka_io import LoggingListener, make_consumer, make_producer
 from .metrics import Metrics, MetricsServer
-from .pipeline import Topics, Worker
+from .outcomes import Topics
+from .pipeline import Worker
+from .prepare import prepare
+from .scoring_pool import ScoringPool
 from .storage import SqlStore
-from .watchlist import Watchlist
+from .watchlist import LoadInterrupted, Watchlist
 
 log = logging.getLogger(__name__)
 
 
-class Service:
-    def __init__(self, settings: Settings, registry: CollectorRegistry | None = None,
-                 stop: threading.Event | None = None):
-        self.settings = settings
-        self.stop = stop or threading.Event()
-        self.metrics = Metrics(registry or CollectorRegistry())
-        database_url = settings.database.resolved_url()  # reads the secret file once
-        self.store = SqlStore.from_url(database_url)
-        self._ready_cache = (0.0, False)
-        self.watchlist: Watchlist | None = None  # /readyz answers 503 until the models are loaded
-        self.server = MetricsServer(self.metrics, settings.metrics.host, settings.metrics.port, self.ready).start()
-        log.info("metrics on http://%s:%d/metrics; database %s", settings.metrics.host, self.server.port,
-                 mask_url(database_url))
-        scoring = settings.scoring
-        if scoring.malloc_tuning:
-            keep_freed_memory()
-        if scoring.threads > 0:
-            torch.set_num_threads(scoring.threads)
-        devices = scoring.devices or (scoring.device,)
-        scorers = [Watchlist.load(settings.watchlist, d, scoring.batch_size, scoring.compile, scoring.channels_last,
-                                  scoring.max_batch_pixels) for d in devices]
-        self.watchlist = scorers[0]
-        log.info("watchlist: %s; %d scorer(s) on %s", ", ".join(f"{e.name} (τ={e.threshold:.4g})" for e in self.watchlist.entries),
-                 len(scorers), ", ".join(str(w.entries[0].model.device) for w in scorers))
-        self.store.record_calibrations(self.watchlist.calibration_records())
-        limits = ImageLimits(settings.images.max_bytes, settings.images.max_pixels, settings.images.min_side)
-        batch = settings.batch.resolved(on_gpu=self.watchlist.entries[0].model.device.type == "cuda")
-        self.worker = Worker(
-            consumer=None,  # type: ignore[arg-type]  # set below: the listener needs the worker
-            producer=make_producer(settings.kafka),
-            store=self.store,
-            watchlist=self.watchlist,
-            fetcher=Fetcher(settings.fetch, limits.max_bytes),
-            metrics=self.metrics,
-            topics=Topics(settings.kafka.alerts_topic, settings.kafka.dlq_topic),
-            batch=batch,
-            database=settings.database,
-            image_limits=limits,
-            stop_event=self.stop,
-            scorers=scorers,
-            producer_factory=lambda: make_producer(settings.kafka),
-        )
-        self.worker.consumer = make_consumer(
-            settings.kafka, self.worker.on_partitions_revoked, self.worker.on_partitions_assigned
-        )
+def configure_process(scoring: ScoringSettings) -> None:
+    """Process-wide settings, applied once at start-up (never at import)."""
+    import matplotlib
+    import torch
 
-    def ready(self) -> bool:
-        """Models loaded and the database reachable (checked at most every 2 s)."""
-        checked_at, ok = self._ready_cache
-        if time.monotonic() - checked_at < 2.0:
-            return ok
-        ok = self.watchlist is not None
-        if ok:
-            try:
-                self.store.ping()
-            except Exception:
-                ok = False
-        self._ready_cache = (time.monotonic(), ok)
-        self.metrics.ready.set(1 if ok else 0)
-        return ok
+    from .allocator import keep_freed_memory
+
+    matplotlib.use("Agg", force=True)  # plots are files; no display on a server
+    if scoring.malloc_tuning:
+        keep_freed_memory()
+    if scoring.threads > 0:
+        torch.set_num_threads(scoring.threads)
+
+
+@dataclass
+class Service:
+    """A built worker: run it, then close it. Made only by `build`."""
+
+    settings: Settings
+    metrics: Metrics
+    health: Health
+    server: MetricsServer
+    store: SqlStore
+    watchlist: Watchlist
+    worker: Worker
+    closers: tuple[Callable[[], None], ...]  # in the order they run: the reverse of opening
 
     def run(self, until: Callable[[], bool] | None = None) -> None:
         self.worker.run(until)
 
     def close(self) -> None:
-        self.stop.set()
-        for step in (self.worker.consumer.close, lambda: self.worker.producer.close(timeout=10), self.server.stop,
-                     self.store.close):
+        self.worker.stop.set()
+        for close in self.closers:
             try:
-                step()
+                close()
             except Exception as exc:  # closing must not hide the reason we are closing
                 log.warning("while closing: %s", exc)
 
 
-def stop_on_signals(stop: threading.Event) -> None:
-    """SIGTERM/SIGINT set `stop`: the worker finishes its batch, commits and exits 0. Installed
-    before anything slow (model loading), so a stop during start-up is clean too."""
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
+def build(settings: Settings, stop: threading.Event, registry: CollectorRegistry | None = None) -> Service | None:
+    """Every part of a worker, in order. The metrics server comes first, so /readyz answers 503
+    while the models load. Returns None when `stop` is set while the models load; on an error,
+    what was started is stopped before the error goes up."""
+    opened: list[Callable[[], None]] = []
+    try:
+        return _build(settings, stop, registry, opened)
+    except LoadInterrupted:
+        log.info("stopped while loading the models")
+        _close_all(opened)
+        return None
+    except BaseException:
+        _close_all(opened)
+        raise
+
+
+def _close_all(opened: list[Callable[[], None]]) -> None:
+    for close in reversed(opened):
+        try:
+            close()
+        except Exception as exc:
+            log.warning("while closing after a failed start: %s", exc)
+def _build(settings: Settings, stop: threading.Event, registry: CollectorRegistry | None,
+           opened: list[Callable[[], None]]) -> Service | None:
+    metrics = Metrics(registry or CollectorRegistry())
+    health = Health(metrics)
+    server = MetricsServer(metrics, settings.metrics.host, settings.metrics.port, health.ready, health.alive)
+    server.start()
+    opened.append(server.stop)
+    database_url = settings.database.resolved_url()  # reads the secret file once
+    log.info("metrics on http://%s:%d/metrics; database %s", settings.metrics.host, server.port, mask_url(database_url))
+    store = SqlStore.from_url(database_url)
+    opened.append(store.close)
+    scoring = settings.scoring
+    scorers = [Watchlist.load(settings.watchlist, device, scoring.batch_size, scoring.compile, scoring.channels_last,
+                              scoring.max_batch_pixels, interrupted=stop.is_set)
+               for device in scoring.devices or (scoring.device,)]
+    watchlist = scorers[0]
+    metrics.models_loaded.set(len(watchlist.entries))
+    log.info("watchlist: %s; %d scorer(s) on %s",
+             ", ".join(f"{e.name} (τ={e.threshold:.4g})" for e in watchlist.entries), len(scorers),
+             ", ".join(str(w.entries[0].model.device) for w in scorers))
+    store.record_calibrations(watchlist.calibration_records())
+    batch = settings.batch.resolved(on_gpu=watchlist.entries[0].model.device.type == "cuda")
+    fetcher = Fetcher(settings.fetch, settings.images.max_bytes)
+    pool = ScoringPool(scorers, lambda message, scorer: prepare(message, fetcher, settings.images, scorer.prepare))
+    opened.append(pool.close)
+    prepare_pool = (ThreadPoolExecutor(batch.prepare_threads, thread_name_prefix="prepare")
+                    if batch.prepare_threads > 0 else None)
+    if prepare_pool is not None:
+        opened.append(partial(prepare_pool.shutdown, wait=False, cancel_futures=True))
+    consumer = make_consumer(settings.kafka, LoggingListener())
+    opened.append(consumer.close)
+    producers = ProducerSlot(partial(make_producer, settings.kafka))
+    opened.append(partial(producers.close, timeout_s=10))
+    clock = SystemClock()
+    completion = Completion(store, producers, consumer, metrics, clock, health, settings.retry)
+    worker = Worker(consumer, pool, completion, Topics(settings.kafka.alerts_topic, settings.kafka.dlq_topic), batch,
+                    settings.retry, clock, metrics, health, stop, prepare_pool)
+    health.loaded()
+    return Service(settings, metrics, health, server, store, watchlist, worker, tuple(reversed(opened)))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field, fields
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
@@ -229,12 +229,14 @@ class SqlStore:
 
 @dataclass
 class MemoryStore:
-    """In-memory store with the same idempotency, for fast unit tests."""
+    """The store in memory, for fast unit tests: the same idempotency and the same read API as
+    `SqlStore` (both pass tests/integration/test_storage.py). `fail_next` makes the next N
+    saves (and pings) raise, to test retries."""
 
-    rows: dict[str, EventOutcome] = field(default_factory=dict)
-    calibration_rows: dict[tuple[str, str], CalibrationRecord] = field(default_factory=dict)
+    outcomes: dict[str, EventOutcome] = field(default_factory=dict)
+    calibration_rows: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     saves: int = 0
-    fail_next: int = 0  # make the next N saves raise, to test retries
+    fail_next: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def save(self, outcomes: Sequence[EventOutcome]) -> None:
@@ -244,15 +246,37 @@ class MemoryStore:
                 raise ConnectionError("memory store: simulated outage")
             self.saves += 1
             for o in outcomes:
-                self.rows.setdefault(o.event_id, o)
+                self.outcomes.setdefault(o.event_id, o)
 
     def record_calibrations(self, records: Sequence[CalibrationRecord]) -> None:
-        for r in records:
-            self.calibration_rows.setdefault((r.model, r.weights_sha256), r)
+        with self._lock:
+            for r in records:
+                self.calibration_rows.setdefault((r.model, r.weights_sha256),
+                                                 {**_columns(r), "recorded_at": datetime.now(timezone.utc)})
 
     def ping(self) -> None:
         if self.fail_next:
             raise ConnectionError("memory store: simulated outage")
+
+    def events(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [_columns(o, skip="attributions") for o in self.outcomes.values()]
+
+    def attributions(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [{**_columns(a), "event_id": o.event_id, "scored_at": o.scored_at}
+                    for o in self.outcomes.values() for a in o.attributions]
+
+    def calibrations(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [dict(r) for r in self.calibration_rows.values()]
+
+    def count_events(self) -> int:
+        with self._lock:
+            return len(self.outcomes)
+
+    def close(self) -> None:
+        pass
 
 
 def upgrade(url: str, revision: str = "head") -> None:

@@ -1,20 +1,22 @@
-"""The watchlist: every model an image is checked against, with its threshold, split into the
-two halves the stream worker runs on different threads.
+"""The watchlist: every model an image is checked against, with its threshold. It is the
+worker's `Scorer` (worker.scoring_pool), in three parts that run where they fit best:
 
 `prepare` (CPU, any thread, per image): crop for each model and compute its GLCM homogeneity.
-`score` (a scoring thread, per batch): double reconstruction per model, batched by shape,
-then the verdict t' < τ. Splitting this way keeps the model busy: the next batch is prepared
-while this one runs through the autoencoders.
+`score` (a scoring thread, per batch): double reconstruction per model, batched by shape.
+`verdicts` (per image): t' < τ for each model, through `worker.decision`.
+Splitting this way keeps the model busy: the next batch can be prepared while this one runs
+through the autoencoders.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from .calibration import Calibration, CalibrationError
+from .decision import belongs
 from .models import Autoencoder, load_autoencoder
 from .scoring import Scores, crop_box, homogeneity, pixel_budget, preprocessing_spec, score_crops
 from .storage import AttributionRecord, CalibrationRecord
@@ -40,6 +42,10 @@ class PreparedImage:
     homogeneity: tuple[float, ...]
 
 
+class LoadInterrupted(Exception):
+    """Loading stopped because the process was asked to stop."""
+
+
 class Watchlist:
     def __init__(self, entries: Sequence[WatchedModel], batch_size: int = 16, max_pixels: int | None = None):
         if not entries:
@@ -50,11 +56,15 @@ class Watchlist:
 
     @classmethod
     def load(cls, settings_watchlist, device: str | None, batch_size: int, compile_mode: str = "off",
-             channels_last: bool = True, max_pixels: int = -1) -> "Watchlist":
+             channels_last: bool = True, max_pixels: int = -1,
+             interrupted: Callable[[], bool] = lambda: False) -> "Watchlist":
         """Load every model and its calibration; refuse thresholds fitted on other weights or
-        other preprocessing (the tile comes from the calibration, so it always matches)."""
+        other preprocessing (the tile comes from the calibration, so it always matches).
+        Raises `LoadInterrupted` between models once `interrupted()` is true."""
         entries = []
         for entry in settings_watchlist:
+            if interrupted():
+                raise LoadInterrupted()
             model = load_autoencoder(
                 entry.model, subfolder=entry.subfolder or None, kind=entry.kind or None,
                 name=entry.name, device=None if device in (None, "auto") else device, dtype=entry.dtype,
@@ -102,12 +112,20 @@ class Watchlist:
         ]
         return [list(scores) for scores in zip(*per_model)]
 
-    def verdicts(self, scores: Sequence[Scores]) -> list[AttributionRecord]:
+    def verdicts(self, scores: Sequence[Scores]) -> tuple[AttributionRecord, ...]:
         """One attribution per model for one image's scores."""
-        return [
+        return tuple(
             AttributionRecord(
                 model=e.name, loss1=s.loss1, loss2=s.loss2, ratio=s.ratio, homogeneity=s.homogeneity,
-                score=s.score, threshold=e.threshold, belongs=bool(s.score < e.threshold),
+                score=s.score, threshold=e.threshold, belongs=belongs(s.score, e.threshold),
             )
             for e, s in zip(self.entries, scores)
-        ]
+        )
+
+    def probe(self) -> None:
+        """Score one known-good image through every model; raises if any model cannot."""
+        yy, xx = np.mgrid[0:64, 0:64]
+        image = np.stack([(xx * 4) % 256, (yy * 4) % 256, ((xx + yy) * 2) % 256], axis=-1).astype(np.uint8)
+        for scores in self.score([self.prepare(image)]):
+            if not all(np.isfinite(s.loss1) and np.isfinite(s.loss2) for s in scores):
+                raise RuntimeError("the probe image scored NaN or inf")

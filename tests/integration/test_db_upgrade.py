@@ -8,7 +8,7 @@ import sys
 
 from sqlalchemy import create_engine, inspect
 
-from tests.integration.conftest import REPO
+from worker.harness import REPO, postgres_database
 
 EXPECTED = {
     "events": {"event_id", "topic", "partition", "offset", "status", "error", "received_at", "scored_at", "best_match"},
@@ -40,24 +40,12 @@ def check_schema(url: str) -> None:
 
 
 def test_db_upgrade_on_postgres(pg_server_url, tmp_path):
-    from sqlalchemy import text
-
-    name = f"aedr_up_{os.getpid()}"
-    admin = create_engine(f"{pg_server_url}/postgres", isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        url = f"{pg_server_url}/{name}"
+    with postgres_database(pg_server_url, "aedr_up", migrate=False) as url:
         result = upgrade_via_cli(url, tmp_path)
         assert result.returncode == 0, result.stderr
         check_schema(url)
         again = upgrade_via_cli(url, tmp_path)  # idempotent
         assert again.returncode == 0, again.stderr
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def test_db_upgrade_on_sqlite(tmp_path):

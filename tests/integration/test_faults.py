@@ -16,7 +16,7 @@ from collections import Counter
 
 from tests.integration.conftest import (
     http_status as status,
-    Deployment,
+    ServeLauncher,
     assert_committed_work_is_stored,
     make_corpus,
     produce,
@@ -57,13 +57,13 @@ def test_kill9_at_random_points(broker, pg_url, tmp_path):
     corpus = make_corpus(MODELS, per_model=15 * trials, real=10 * trials, seed=SEED % 1000, with_broken=True)
     n = len(corpus.values)
     bounds = [round(i * n / trials) for i in range(trials + 1)]
-    dep = Deployment(broker.bootstrap, pg_url, tmp_path, MODELS, max_size=8)
+    dep = ServeLauncher(broker.bootstrap, pg_url, tmp_path, MODELS, max_size=8)
     store = SqlStore.from_url(pg_url)
     kills_mid_processing = 0
     try:
         for i in range(trials):
             produce(broker.bootstrap, dep.topic, corpus, slice(bounds[i], bounds[i + 1]))
-            proc, _ = dep.start()
+            proc = dep.start().proc
             before = store.count_events()
             wait_for(lambda: store.count_events() > before or proc.poll() is not None, 120,
                      f"trial {i}: processing to start", diagnostics=dep.logs)
@@ -73,7 +73,7 @@ def test_kill9_at_random_points(broker, pg_url, tmp_path):
             proc.wait(timeout=10)
             kills_mid_processing += store.count_events() < bounds[i + 1]
             assert_committed_work_is_stored(store, broker.bootstrap, f"g-{dep.topic}", dep.topic)
-        final, _ = dep.start()
+        dep.start()
         wait_for(lambda: store.count_events() == n, 240, "every event after the last restart", diagnostics=dep.logs)
         figures = check_exactly_once(store, corpus, dep.topic)
         matched = {r["event_id"] for r in store.attributions() if r["belongs"]}
@@ -94,10 +94,11 @@ def test_database_outage(broker, pg_url, tmp_path):
     assert via_proxy != pg_url
     corpus = make_corpus(MODELS, per_model=60, real=40, seed=SEED % 1000 + 1, with_broken=True)
     n = len(corpus.values)
-    dep = Deployment(broker.bootstrap, via_proxy, tmp_path, MODELS, max_size=8)  # retries back off to 10 s
+    dep = ServeLauncher(broker.bootstrap, via_proxy, tmp_path, MODELS, max_size=8)  # retries back off to 10 s
     store = SqlStore.from_url(pg_url)  # the test reads the database directly
     produce(broker.bootstrap, dep.topic, corpus)
-    proc, port = dep.start()
+    serve = dep.start()
+    proc, port = serve.proc, serve.metrics_port
     try:
         wait_for(lambda: store.count_events() >= 20, 120, "processing to start", diagnostics=dep.logs)
         proxy.cut()
@@ -141,10 +142,10 @@ def test_broker_unreachable_mid_stream(pg_url, tmp_path):
         bootstrap = f"127.0.0.1:{proxy_port}"
         corpus = make_corpus(MODELS, per_model=60, real=40, seed=SEED % 1000 + 2, with_broken=True)
         n = len(corpus.values)
-        dep = Deployment(bootstrap, pg_url, tmp_path, MODELS, max_size=8)
+        dep = ServeLauncher(bootstrap, pg_url, tmp_path, MODELS, max_size=8)
         store = SqlStore.from_url(pg_url)
         produce(bootstrap, dep.topic, corpus, slice(0, n // 2))
-        proc, port = dep.start()
+        proc = dep.start().proc
         try:
             wait_for(lambda: store.count_events() >= 20, 120, "processing to start", diagnostics=dep.logs)
             proxy.cut()
@@ -181,12 +182,12 @@ def test_broker_process_restart(pg_url, tmp_path):
     corpus = make_corpus(MODELS, per_model=40, real=40, seed=SEED % 1000 + 3, with_broken=False)
     n = len(corpus.values)
     wave1, wave2 = corpus.values[: n * 2 // 3], corpus.values[n * 2 // 3 :]
-    dep = Deployment(first.bootstrap, pg_url, tmp_path, MODELS, max_size=8)
+    dep = ServeLauncher(first.bootstrap, pg_url, tmp_path, MODELS, max_size=8)
     store = SqlStore.from_url(pg_url)
     second = None
     try:
         positions1 = produce_values(first.bootstrap, dep.topic, wave1)
-        proc, _ = dep.start()
+        proc = dep.start().proc
         wait_for(lambda: store.count_events() == len(wave1), 180, "wave 1", diagnostics=dep.logs)
         assert_committed_work_is_stored(store, first.bootstrap, f"g-{dep.topic}", dep.topic)
         first.stop()

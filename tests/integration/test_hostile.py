@@ -8,7 +8,7 @@ import urllib.request
 from collections import Counter, defaultdict
 
 from tests.hostile import SCORED, corpus
-from tests.integration.conftest import Deployment, produce_values, read_topic, record, wait_for
+from tests.integration.conftest import ServeLauncher, produce_values, read_topic, record, wait_for
 from worker.storage import SqlStore
 
 IMAGE_LIMIT = 4 * 1024 * 1024
@@ -19,11 +19,12 @@ def test_hostile_corpus_is_dead_lettered_with_reasons(broker, pg_url, tmp_path):
     n = int(os.environ.get("AEDR_HOSTILE_N", "10000"))
     items = corpus(n=n, seed=seed, oversized_mb=8)
     print(f"hostile corpus: seed {seed}, {len(items)} events")
-    dep = Deployment(broker.bootstrap, pg_url, tmp_path, ["kl-f4c4"], max_size=64,
-                     extra_toml=f"[images]\nmax_bytes = {IMAGE_LIMIT}")
+    dep = ServeLauncher(broker.bootstrap, pg_url, tmp_path, ["kl-f4c4"], max_size=64,
+                     sections={"images": {"max_bytes": IMAGE_LIMIT}})
     positions = produce_values(broker.bootstrap, dep.topic, [h.value for h in items])
     store = SqlStore.from_url(pg_url)
-    proc, port = dep.start()
+    serve = dep.start()
+    proc, port = serve.proc, serve.metrics_port
     try:
         wait_for(lambda: store.count_events() == len(items) or proc.poll() is not None, 600,
                  "every hostile event", interval=1.0, diagnostics=dep.logs)

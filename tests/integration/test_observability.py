@@ -14,7 +14,6 @@ import re
 import shutil
 import signal
 import subprocess
-import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -23,7 +22,8 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.conftest import Deployment, make_corpus, produce, wait_for
+from tests.integration.conftest import ServeLauncher, make_corpus, produce, wait_for
+from worker.harness import postgres_database
 from worker.kafka_io import free_port
 from worker.storage import SqlStore
 
@@ -48,30 +48,17 @@ def get_json(url: str) -> dict:
 @pytest.fixture(scope="module")
 def running_worker(broker, pg_server_url, tmp_path_factory):
     """One `aedr serve` that has processed a corpus with matches and dead letters."""
-    from sqlalchemy import create_engine, text
-
-    from worker.storage import upgrade
-
-    name = f"aedr_obs_{int(time.time())}"
-    admin = create_engine(f"{pg_server_url}/postgres", isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = f"{pg_server_url}/{name}"
-    upgrade(url)
-    workdir = tmp_path_factory.mktemp("obs")
-    corpus = make_corpus(["kl-f4c4", "vq-f4"], per_model=6, real=6, seed=7)
-    dep = Deployment(broker.bootstrap, url, workdir, ["kl-f4c4", "vq-f4"])
-    produce(broker.bootstrap, dep.topic, corpus)
-    proc, port = dep.start()
-    store = SqlStore.from_url(url)
-    wait_for(lambda: store.count_events() == len(corpus.values), 180, "events stored", diagnostics=dep.logs)
-    store.close()
-    yield port, corpus
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=30)
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with postgres_database(pg_server_url, "aedr_obs") as url:
+        workdir = tmp_path_factory.mktemp("obs")
+        corpus = make_corpus(["kl-f4c4", "vq-f4"], per_model=6, real=6, seed=7)
+        dep = ServeLauncher(broker.bootstrap, url, workdir, ["kl-f4c4", "vq-f4"])
+        produce(broker.bootstrap, dep.topic, corpus)
+        serve = dep.start()
+        store = SqlStore.from_url(url)
+        wait_for(lambda: store.count_events() == len(corpus.values), 180, "events stored", diagnostics=dep.logs)
+        store.close()
+        yield serve.metrics_port, corpus
+        assert serve.terminate(30) == 0, dep.logs()
 
 
 def exported_names(port: int) -> set[str]:

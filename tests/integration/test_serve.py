@@ -11,7 +11,7 @@ from collections import Counter
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.conftest import Deployment, make_corpus, produce, read_topic, record, wait_for
+from tests.integration.conftest import ServeLauncher, make_corpus, produce, read_topic, record, wait_for
 from tests.integration.conftest import http_status as status
 from worker.calibration import Calibration
 from worker.models import load_autoencoder
@@ -32,12 +32,13 @@ def scrape(port: int) -> dict[tuple[str, tuple], float]:
 
 
 
-def test_serve_end_to_end(broker, pg_url, tmp_path):
+def testserve_end_to_end(broker, pg_url, tmp_path):
     corpus = make_corpus(MODELS, per_model=8, real=8, seed=1)
     n_valid, n_broken = len(corpus.images), len(corpus.broken)
-    dep = Deployment(broker.bootstrap, pg_url, tmp_path, MODELS)
+    dep = ServeLauncher(broker.bootstrap, pg_url, tmp_path, MODELS)
     produce(broker.bootstrap, dep.topic, corpus)
-    proc, port = dep.start()
+    serve = dep.start()
+    proc, port = serve.proc, serve.metrics_port
     store = SqlStore.from_url(pg_url)
     try:
         wait_for(lambda: store.count_events() == n_valid + n_broken, 180, "all events stored", diagnostics=dep.logs)
@@ -115,11 +116,11 @@ def test_serve_end_to_end(broker, pg_url, tmp_path):
 def test_kill9_then_restart_stores_every_event_exactly_once(broker, pg_url, tmp_path):
     corpus = make_corpus(MODELS, per_model=40, real=40, seed=2, with_broken=False)
     n = len(corpus.values)
-    dep = Deployment(broker.bootstrap, pg_url, tmp_path, MODELS, max_size=4)
+    dep = ServeLauncher(broker.bootstrap, pg_url, tmp_path, MODELS, max_size=4)
     produce(broker.bootstrap, dep.topic, corpus)
     store = SqlStore.from_url(pg_url)
     try:
-        first, _ = dep.start()
+        first = dep.start().proc
         wait_for(lambda: store.count_events() >= 12, 120, "some events stored", diagnostics=dep.logs)
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=10)
@@ -142,14 +143,15 @@ def test_second_worker_joining_and_leaving_loses_and_duplicates_nothing(broker, 
     corpus = make_corpus(MODELS, per_model=60, real=60, seed=3, with_broken=False)
     n = len(corpus.values)
     waves = [slice(0, n // 3), slice(n // 3, 2 * n // 3), slice(2 * n // 3, n)]
-    dep = Deployment(broker.bootstrap, pg_url, tmp_path, MODELS, max_size=4)
+    dep = ServeLauncher(broker.bootstrap, pg_url, tmp_path, MODELS, max_size=4)
     store = SqlStore.from_url(pg_url)
     try:
         produce(broker.bootstrap, dep.topic, corpus, waves[0])
         dep.start()
         wait_for(lambda: store.count_events() >= 8, 120, "the first worker to score", diagnostics=dep.logs)
-        second, second_port = dep.start()
-        wait_for(lambda: re.search(r"assigned [1-9]", dep.log_of(second_port)), 120,
+        second_serve = dep.start()
+        second = second_serve.proc
+        wait_for(lambda: re.search(r"assigned [1-9]", second_serve.log()), 120,
                  "the second worker to get partitions", diagnostics=dep.logs)
         produce(broker.bootstrap, dep.topic, corpus, waves[1])
         wait_for(lambda: store.count_events() >= 2 * n // 3 - 10, 180, "the second wave, with two workers",

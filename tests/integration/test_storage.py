@@ -1,5 +1,6 @@
-"""SqlStore on the real Postgres (one multi-row statement per table) and on SQLite: what is
-saved reads back exactly, and a batch that comes again adds nothing."""
+"""The store contract, run on every implementation: SqlStore on the real Postgres (one
+multi-row statement per table) and on SQLite, and the in-memory MemoryStore that the fast
+unit tests use. What is saved reads back exactly, and a batch that comes again adds nothing."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from worker.storage import AttributionRecord, CalibrationRecord, EventOutcome, SqlStore, upgrade
+from worker.storage import AttributionRecord, CalibrationRecord, EventOutcome, MemoryStore, SqlStore, upgrade
 
 
 def outcomes(first: int, n: int) -> list[EventOutcome]:
@@ -29,8 +30,11 @@ def outcomes(first: int, n: int) -> list[EventOutcome]:
     return out
 
 
-@pytest.fixture(params=["postgres", "sqlite"])
+@pytest.fixture(params=["postgres", "sqlite", "memory"])
 def store(request, tmp_path):
+    if request.param == "memory":
+        yield MemoryStore()
+        return
     if request.param == "postgres":
         url = request.getfixturevalue("pg_url")
     else:
@@ -68,3 +72,10 @@ def test_calibration_records_are_kept_once(store):
     store.record_calibrations([record])
     rows = store.calibrations()
     assert len(rows) == 1 and rows[0]["threshold"] == 2.5 and rows[0]["n"] == 200
+
+
+def test_counts_match_what_was_stored(store):
+    assert store.count_events() == 0
+    store.save(outcomes(0, 5))
+    store.save(outcomes(3, 4))
+    assert store.count_events() == 7 == len(store.events())

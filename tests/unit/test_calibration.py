@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from worker.decision import belongs
 from worker.calibration import (
     Calibration,
     CalibrationError,
     balanced_accuracy,
-    belongs,
     kde_threshold,
     select_alpha,
 )

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from worker.config import BatchSettings, ConfigError, load_settings, mask_url
+from worker.decision import Match, best_match
 from worker.events import InvalidEvent, alert_message, decode_b64_image, decode_event, event_id_hint, UploadEvent
 
 TOML = """
@@ -143,9 +144,12 @@ def test_event_id_hint_and_alert():
     assert event_id_hint(ev(event_id="abc", image_b64=3)) == "abc"
     assert event_id_hint(b"garbage") is None
     event = UploadEvent("e1", image_b64="AAAA", metadata={"user": "u1"})
-    matches = [{"model": "a", "score": 1.0, "threshold": 2.0}, {"model": "b", "score": 0.9, "threshold": 1.0}]
-    alert = json.loads(alert_message(event, matches, "2026-11-28T00:00:00Z"))
-    assert alert["best_match"]["model"] == "a"  # 0.5 < 0.9: furthest below its threshold
+    matches = [Match("a", 1.0, 2.0), Match("b", 0.9, 1.0)]
+    best = best_match(matches)
+    assert best is not None and best.model == "a"  # 0.5 < 0.9: furthest below its threshold
+    assert best_match([]) is None
+    alert = json.loads(alert_message(event, [m.as_dict() for m in matches], best.as_dict(), "2026-11-28T00:00:00Z"))
+    assert alert["best_match"] == {"model": "a", "score": 1.0, "threshold": 2.0}
     assert alert["event_id"] == "e1" and alert["metadata"] == {"user": "u1"} and len(alert["matches"]) == 2
 
 

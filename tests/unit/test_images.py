@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import io
-import struct
-import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from worker.images import REASON_DECODE, REASON_TOO_LARGE, ImageError, ImageLimits, decode_image
+from worker.config import ImageSettings
+from worker.corpus import png_header
+from worker.events import Reason
+from worker.images import ImageError, decode_image
 
 
 def encode(image: Image.Image, fmt: str, **kw) -> bytes:
@@ -56,23 +57,15 @@ def test_animated_gif_takes_first_frame():
     assert decode_image(buf.getvalue()).max() == 0
 
 
-def png_declaring(width: int, height: int) -> bytes:
-    """A tiny PNG whose header declares a huge image (a decompression bomb)."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
-
-
 @pytest.mark.parametrize(
     "data, reason",
     [
-        (b"", REASON_DECODE),
-        (b"hello, not an image", REASON_DECODE),
-        (encode(Image.fromarray(RGB), "PNG")[:60], REASON_DECODE),
-        (encode(Image.fromarray(RGB), "JPEG")[:200], REASON_DECODE),
-        (encode(Image.fromarray(RGB[:1, :1]), "PNG"), REASON_DECODE),
-        (png_declaring(100_000, 100_000), REASON_TOO_LARGE),
+        (b"", Reason.DECODE),
+        (b"hello, not an image", Reason.DECODE),
+        (encode(Image.fromarray(RGB), "PNG")[:60], Reason.DECODE),
+        (encode(Image.fromarray(RGB), "JPEG")[:200], Reason.DECODE),
+        (encode(Image.fromarray(RGB[:1, :1]), "PNG"), Reason.DECODE),
+        (png_header(100_000, 100_000), Reason.TOO_LARGE),
     ],
     ids=["empty", "text", "truncated-png", "truncated-jpeg", "1x1", "bomb"],
 )
@@ -85,5 +78,5 @@ def test_bad_bytes_get_a_reason(data, reason):
 def test_byte_limit():
     data = encode(Image.fromarray(RGB), "PNG")
     with pytest.raises(ImageError) as info:
-        decode_image(data, ImageLimits(max_bytes=len(data) - 1))
-    assert info.value.reason == REASON_TOO_LARGE
+        decode_image(data, ImageSettings(max_bytes=len(data) - 1))
+    assert info.value.reason == Reason.TOO_LARGE

@@ -13,9 +13,10 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from worker.events import REASONS, InvalidEvent, UploadEvent, decode_b64_image, decode_event
-from worker.images import ImageError, ImageLimits, decode_image
+from worker.config import ImageSettings
+from worker.images import ImageError, decode_image
 
-LIMITS = ImageLimits(max_bytes=1 << 20, max_pixels=1 << 22, min_side=8)
+LIMITS = ImageSettings(max_bytes=1 << 20, max_pixels=1 << 22, min_side=8)
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 json_values = st.recursive(

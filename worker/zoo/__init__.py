@@ -8,7 +8,7 @@ on crops of the photographs that ship inside scikit-image, and their weights liv
 `worker/zoo/models/<name>/` in diffusers layout, so the real `from_pretrained` path loads them.
 
 This module only *describes* the zoo (architectures, data splits, where files live); it loads
-nothing at import time.
+nothing at import time. Images made from it are `worker.corpus`'s business.
 """
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 ZOO_DIR = Path(__file__).resolve().parent
 MODELS_DIR = ZOO_DIR / "models"
@@ -139,48 +137,3 @@ TRAIN_PHOTOS = (
     "camera", "coins", "grass", "brick", "page", "moon",
 )
 HELDOUT_PHOTOS = ("stereo_motorcycle", "hubble_deep_field", "retina", "clock", "gravel", "text")
-
-
-def load_photo(name: str) -> np.ndarray:
-    """One scikit-image photograph as an RGB uint8 array (H, W, 3)."""
-    from skimage import data  # deferred: scikit-image's data module is slow to import
-
-    image = getattr(data, name)()
-    if isinstance(image, tuple):  # stereo_motorcycle returns (left, right, disparity)
-        image = image[0]
-    if image.ndim == 2:
-        image = np.stack([image] * 3, axis=-1)
-    return np.ascontiguousarray(image[..., :3].astype(np.uint8))
-
-
-def random_crops(
-    photos: list[np.ndarray], n: int, size: int, rng: np.random.Generator
-) -> np.ndarray:
-    """`n` random `size`×`size` crops (uint8, N×H×W×3) drawn uniformly over the photos."""
-    out = np.empty((n, size, size, 3), dtype=np.uint8)
-    for i in range(n):
-        photo = photos[rng.integers(len(photos))]
-        y = rng.integers(photo.shape[0] - size + 1)
-        x = rng.integers(photo.shape[1] - size + 1)
-        out[i] = photo[y : y + size, x : x + size]
-    return out
-
-
-def generate_images(model, sources: np.ndarray, rng: np.random.Generator, noise: float = 0.25) -> np.ndarray:
-    """A zoo model's "generated" images: decoder outputs of perturbed latents of real crops.
-
-    A latent diffusion model's output is D(z) for some latent z its sampler produced; here z is
-    the encoding of a real crop plus Gaussian noise of `noise` × the latent's own std, so the
-    content is varied but every pixel comes out of the decoder. Returned as 8-bit RGB, as a real
-    generator's PNG would be. `model` is a `worker.models.Autoencoder`.
-    """
-    import torch
-
-    x = torch.from_numpy(np.ascontiguousarray(sources)).permute(0, 3, 1, 2).float() / 127.5 - 1
-    with torch.inference_mode():
-        z = model.encode(x.to(model.device))
-        eps = torch.from_numpy(rng.standard_normal(tuple(z.shape)).astype(np.float32)).to(z)
-        z = z + noise * z.std(dim=(1, 2, 3), keepdim=True) * eps
-        out = model.decode(z).float().clamp(-1, 1)
-    pixels = torch.round((out + 1) * 127.5).to(torch.uint8).permute(0, 2, 3, 1)
-    return np.ascontiguousarray(pixels.cpu().numpy())

@@ -1,0 +1,85 @@
+"""What flows between the broker and the worker, as plain typed values, and the two narrow
+interfaces the worker needs of a broker client.
+
+The worker never sees a Kafka type: `worker.kafka_io` turns kafka-python's records into
+`Message`s and implements `Consumer` and `Producer` on top of its clients, and the in-memory
+broker in `worker.testing` implements the same two interfaces for fast tests. One contract
+suite (tests/integration/test_broker_contract.py) runs against both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Collection, Mapping, NamedTuple, Protocol, Sequence
+
+Headers = tuple[tuple[str, bytes], ...]
+
+
+class Partition(NamedTuple):
+    """A topic partition. Equal to (and hashed as) kafka-python's TopicPartition tuple."""
+
+    topic: str
+    partition: int
+
+
+@dataclass(frozen=True)
+class Message:
+    """One consumed record."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Headers = ()
+    timestamp_ms: int | None = None
+
+    @property
+    def tp(self) -> Partition:
+        return Partition(self.topic, self.partition)
+
+    @property
+    def source(self) -> str:
+        """topic/partition/offset: where this record can be found again."""
+        return f"{self.topic}/{self.partition}/{self.offset}"
+
+
+@dataclass(frozen=True)
+class Outbound:
+    """One record to publish (an alert or a dead letter)."""
+
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: Headers = ()
+
+
+class Consumer(Protocol):
+    """A group consumer with manual commits."""
+
+    def poll(self, timeout_ms: int, max_records: int) -> list[Message]:
+        """Up to `max_records` records from unpaused assigned partitions, in order per
+        partition; waits up to `timeout_ms` when there are none."""
+
+    def pause(self, partitions: Collection[Partition]) -> None: ...
+
+    def resume(self, partitions: Collection[Partition]) -> None: ...
+
+    def assignment(self) -> frozenset[Partition]: ...
+
+    def commit(self, offsets: Mapping[Partition, int]) -> None:
+        """Commit the next offset to read per partition; raises if the group refuses."""
+
+    def highwater(self, partition: Partition) -> int | None:
+        """The partition's end offset as last seen by the fetcher (None before a fetch)."""
+
+    def close(self) -> None: ...
+
+
+class Producer(Protocol):
+    """Publishes records and waits for the broker's acknowledgement."""
+
+    def publish(self, messages: Sequence[Outbound], timeout_s: float) -> None:
+        """Send every message and wait until all are acknowledged; raises if any is not."""
+
+    def close(self, timeout_s: float = 0) -> None: ...

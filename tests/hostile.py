@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import zlib
 from dataclasses import dataclass
 
 import numpy as np

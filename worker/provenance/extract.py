@@ -99,11 +99,12 @@ def _iptc_signals(facts: list[xmp.XmpFacts]) -> list[Signal]:
 
 
 def _decode(data: bytes, settings: ProvenanceSettings, seconds: dict[str, float], errors: list[ExtractionError]):
-    from ..images import ImageError, ImageLimits, decode_image
+    from ..config import ImageSettings
+    from ..images import ImageError, decode_image
 
     start = time.perf_counter()
     try:
-        return decode_image(data, ImageLimits(max_bytes=settings.max_bytes, max_pixels=settings.max_pixels, min_side=1))
+        return decode_image(data, ImageSettings(max_bytes=settings.max_bytes, max_pixels=settings.max_pixels, min_side=1))
     except ImageError as exc:
         errors.append(ExtractionError(WATERMARK, "limit" if exc.reason == "too_large" else "malformed", str(exc)[:200]))
         return None

@@ -1,7 +1,8 @@
 """Typed settings for provenance extraction and policy, and the operator's trust anchors.
 
-The settings are plain values (read once at start-up and passed down; phase 2 puts them under a
-`[provenance]` section of worker/config.py). Trust anchors are PEM files the operator chooses: a
+The settings are plain values, read once at start-up and passed down: the `[provenance]` section
+of the worker's TOML (worker/config.py loads it onto this class; `AEDR_PROVENANCE__<KEY>`
+overrides it), or built directly by `aedr score` and the tests. Trust anchors are PEM files the operator chooses: a
 C2PA manifest is `trusted` only if its signing chain ends at one of them. No built-in list is used:
 which certificate authorities a moderation service believes is a policy decision, not a default.
 `load_trust_anchors` is the one function here that touches the file system; call it once.
@@ -12,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .signals import KINDS, STRENGTHS, TRUSTED
+from .signals import C2PA, KINDS, STRENGTHS, TRUSTED
 
 
 class ProvenanceConfigError(ValueError):
@@ -21,8 +22,8 @@ class ProvenanceConfigError(ValueError):
 
 @dataclass(frozen=True)
 class ProvenanceSettings:
-    enabled: bool = True
-    kinds: tuple[str, ...] = KINDS  # which extractors run
+    enabled: bool = True  # read provenance at all (false: no signals, no rows, no provenance section)
+    kinds: tuple[str, ...] = KINDS  # which extractors run: c2pa, iptc, metadata, watermark
     trust_anchor_paths: tuple[str, ...] = ()  # PEM files (root or intermediate CA certificates)
     # Strengths of a generative claim (C2PA/IPTC/metadata) that raise an alert on their own.
     alert_strengths: tuple[str, ...] = (TRUSTED,)
@@ -43,6 +44,10 @@ class ProvenanceSettings:
     max_text_bytes: int = 2 * 1024 * 1024  # all PNG text chunks together (compressed size)
     max_exif_bytes: int = 256 * 1024
     max_pixels: int = 40_000_000  # when extraction decodes the pixels itself (watermark)
+    # Skip the autoencoders for an image whose trusted C2PA credential names its generator
+    # (`policy.trusted_generator`): the event is stored as scored with no attributions, and its
+    # alert comes from the credential. Off by default: AEDR's own verdict is then always there.
+    skip_reconstruction_when_trusted: bool = False
 
     def __post_init__(self) -> None:
         unknown = set(self.alert_strengths) - set(STRENGTHS)
@@ -55,6 +60,15 @@ class ProvenanceSettings:
             raise ProvenanceConfigError("provenance: need 0 < watermark_max_chance ≤ watermark_record_chance < 1")
         if self.watermark_max_pixels < 256 * 256:
             raise ProvenanceConfigError("provenance.watermark_max_pixels must be ≥ 65536 (the decoder's minimum)")
+        for name in ("max_bytes", "max_manifest_bytes", "max_manifest_segments", "max_xmp_bytes", "max_text_chunks",
+                     "max_text_bytes", "max_exif_bytes", "max_pixels"):
+            if getattr(self, name) < 1:
+                raise ProvenanceConfigError(f"provenance.{name} must be ≥ 1")
+        if self.skip_reconstruction_when_trusted and (TRUSTED not in self.alert_strengths or C2PA not in self.kinds):
+            # A skipped image gets no AEDR verdict: its credential must both be read and alert.
+            raise ProvenanceConfigError(
+                "provenance.skip_reconstruction_when_trusted needs 'c2pa' in provenance.kinds and 'trusted' in "
+                "provenance.alert_strengths (a skipped image would otherwise be neither scored nor alerted)")
 
 
 @dataclass(frozen=True)

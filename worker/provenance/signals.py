@@ -36,6 +36,11 @@ INVALID = "invalid"
 UNSIGNED = "unsigned"
 STRENGTHS = (TRUSTED, UNTRUSTED, INVALID, UNSIGNED)
 
+# Why a kind could not be read (ExtractionError.reason; a closed set: metrics group by it), and
+# the kinds an error can name: the four above, and "file" for the container itself.
+ERROR_REASONS = ("limit", "malformed", "remote_reference", "unavailable", "internal")
+ERROR_KINDS = ("file",) + KINDS
+
 # IPTC digital source types (http://cv.iptc.org/newscodes/digitalsourcetype/) that say a trained
 # model made all or part of the image.
 GENERATIVE_SOURCE_TYPES = ("trainedAlgorithmicMedia", "compositeWithTrainedAlgorithmicMedia")

@@ -22,6 +22,7 @@ from .health import Health
 from .messages import Consumer, Partition, Producer
 from .metrics import Metrics
 from .outcomes import BatchResult
+from .provenance_step import count_provenance
 from .storage import Store
 
 log = logging.getLogger(__name__)
@@ -143,6 +144,7 @@ class Completion:
             self.metrics.events.labels("dead_lettered").inc()
             self.metrics.dlq.labels(reason.value).inc()
         self.metrics.alerts.inc(batch.result.alerts)
+        count_provenance(self.metrics, batch.result)
         self.committed_events += batch.size
 
 

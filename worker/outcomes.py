@@ -1,7 +1,7 @@
 """Where an event is decided: a scored batch → the rows to store and the records to publish.
 
-Pure: prepared events and their scores come in; `EventOutcome` rows, alerts and dead letters
-come out, with the typed facts the metrics count (reasons, verdicts). Nothing here touches the
+Pure: prepared events and their scores come in; `EventOutcome` rows (with their provenance
+signals, `Prepared.provenance`), alerts and dead letters come out, with the typed facts the metrics count (reasons, verdicts). Nothing here touches the
 database, the broker or the clock; `build` is called once per batch, and its result is kept
 across retries, so a batch that is stored again after a failure stores the same rows.
 """
@@ -47,6 +47,8 @@ class BatchResult:
     outbound: tuple[Outbound, ...]
     alerts: int
     reasons: tuple[Reason, ...]  # one per dead letter
+    provenance_alerts: int = 0  # alerts with at least one alerting provenance signal
+    skipped: int = 0  # events scored from a trusted credential, without the models
 
 
 def stamp(moment: datetime) -> str:
@@ -55,19 +57,24 @@ def stamp(moment: datetime) -> str:
 
 
 def build(judged: Sequence[Judged], topics: Topics, scored_at: datetime) -> BatchResult:
+    """An event alerts when a watched model matched it or when one of its provenance signals
+    alerts (the policy decided in prepare); the alert's `alerted_by` says which. Provenance rows
+    are stored for every event whose image was decoded, whatever its outcome."""
     rows: list[EventOutcome] = []
     outbound: list[Outbound] = []
     reasons: list[Reason] = []
-    alerts = 0
+    alerts = provenance_alerts = skipped = 0
     when = stamp(scored_at)
     for item in judged:
         p, m = item.prepared, item.prepared.message
+        signals, errors = p.provenance.records() if p.provenance is not None else ((), ())
         if item.attributions is None:
             rejection = item.rejection or p.rejection or Rejection(Reason.INTERNAL, "neither scored nor rejected")
             reasons.append(rejection.reason)
             rows.append(EventOutcome(
                 event_id=p.event_id, topic=m.topic, partition=m.partition, offset=m.offset, status="failed",
                 received_at=item.received_at, error=str(rejection)[:MAX_ERROR_CHARS],
+                provenance=signals, provenance_errors=errors,
             ))
             outbound.append(dead_letter(p, rejection, topics.dlq, when))
             continue
@@ -76,13 +83,18 @@ def build(judged: Sequence[Judged], topics: Topics, scored_at: datetime) -> Batc
         rows.append(EventOutcome(
             event_id=p.event_id, topic=m.topic, partition=m.partition, offset=m.offset, status="scored",
             received_at=item.received_at, scored_at=scored_at, best_match=best.model if best else None,
-            attributions=item.attributions,
+            attributions=item.attributions, provenance=signals, provenance_errors=errors,
         ))
-        if best is not None and p.event is not None:
+        provenance = p.provenance
+        skipped += bool(provenance and provenance.scoring_skipped)
+        alerted_by = (["aedr"] if best is not None else []) + (["provenance"] if provenance and provenance.alerts else [])
+        if alerted_by and p.event is not None:
             alerts += 1
-            value = alert_message(p.event, [x.as_dict() for x in matches], best.as_dict(), when)
+            provenance_alerts += "provenance" in alerted_by
+            value = alert_message(p.event, [x.as_dict() for x in matches], best.as_dict() if best else None, when,
+                                  alerted_by, provenance.section() if provenance else None)
             outbound.append(Outbound(topics.alerts, p.event.event_id.encode(), value))
-    return BatchResult(tuple(rows), tuple(outbound), alerts, tuple(reasons))
+    return BatchResult(tuple(rows), tuple(outbound), alerts, tuple(reasons), provenance_alerts, skipped)
 
 
 def dead_letter(prepared: Prepared, rejection: Rejection, topic: str, when: str) -> Outbound:
@@ -99,11 +111,14 @@ def dead_letter(prepared: Prepared, rejection: Rejection, topic: str, when: str)
 
 def judge(prepared: Sequence[Prepared], received_at: Sequence[datetime], scores: Sequence[object | None],
           failures: dict[int, Rejection], verdicts: Callable[[object], tuple[AttributionRecord, ...]]) -> list[Judged]:
-    """Pair each prepared event with its verdicts, its scoring failure, or its rejection."""
+    """Pair each prepared event with its verdicts, its scoring failure, or its rejection. An
+    image whose scoring was skipped for a trusted credential is scored with no verdicts."""
     out = []
     for i, (p, at, s) in enumerate(zip(prepared, received_at, scores)):
         if s is not None:
             out.append(Judged(p, at, attributions=verdicts(s)))
+        elif p.rejection is None and p.provenance is not None and p.provenance.scoring_skipped:
+            out.append(Judged(p, at, attributions=()))
         else:
             out.append(Judged(p, at, rejection=failures.get(i) or p.rejection))
     return out

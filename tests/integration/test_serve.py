@@ -32,7 +32,7 @@ def scrape(port: int) -> dict[tuple[str, tuple], float]:
 
 
 
-def testserve_end_to_end(broker, pg_url, tmp_path):
+def test_serve_end_to_end(broker, pg_url, tmp_path):
     corpus = make_corpus(MODELS, per_model=8, real=8, seed=1)
     n_valid, n_broken = len(corpus.images), len(corpus.broken)
     dep = ServeLauncher(broker.bootstrap, pg_url, tmp_path, MODELS)

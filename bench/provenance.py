@@ -58,11 +58,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--skip", action="store_true", help="only the skip-rule saving")
     parser.add_argument("--e2e", action="store_true", help="only the end-to-end throughput, provenance on vs off")
-    parser.add_argument("--sizes", type=int, nargs="*", default=None, help="image sides (--skip: 256 512 1024; --e2e: 1024)")
+    parser.add_argument("--sizes", type=int, nargs="*", default=None, help="image sides (--skip: 256 512; --e2e: 1024)")
     parser.add_argument("--n", type=int, default=None, help="uploads per run (--skip: 2; --e2e: 12)")
     args = parser.parse_args()
     if args.skip:
-        skip_saving(args.sizes or [256, 512, 1024], args.n or 2, min(args.repeats, 3))
+        skip_saving(args.sizes or [256, 512], args.n or 2, min(args.repeats, 3))
         return
     if args.e2e:
         end_to_end(args.sizes or [1024], args.n or 12, min(args.repeats, 3))

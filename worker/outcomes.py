@@ -1,8 +1,8 @@
 """Where an event is decided: a scored batch → the rows to store and the records to publish.
 
-Pure: prepared events and their scores come in; `EventOutcome` rows (with their provenance
-signals, `Prepared.provenance`), alerts and dead letters come out, with the typed facts the metrics count (reasons, verdicts). Nothing here touches the
-database, the broker or the clock; `build` is called once per batch, and its result is kept
+Pure: prepared events and their scores come in; `EventOutcome` rows (with the provenance rows
+of `Prepared.provenance`), alerts and dead letters come out, with the typed facts the metrics
+count (reasons, verdicts). Nothing here touches the database, the broker or the clock; `build` is called once per batch, and its result is kept
 across retries, so a batch that is stored again after a failure stores the same rows.
 """
 

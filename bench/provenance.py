@@ -112,6 +112,14 @@ def hostile(repeats: int, settings: ProvenanceSettings, anchors: TrustAnchors) -
     print(f"\nPeak RSS before the hostile files {before // 1024} MiB, after {after // 1024} MiB.")
 
 
+def _load() -> str:
+    """The machine's load at the end of a section: the cores are shared, and this says how much."""
+    import os
+
+    one, five, fifteen = os.getloadavg()
+    return f"Load average at the end (1, 5, 15 min): {one:.1f}, {five:.1f}, {fifteen:.1f} on {os.cpu_count()} cores."
+
+
 def _upload(event_id: str, data: bytes) -> bytes:
     import base64
     import json
@@ -160,6 +168,7 @@ def skip_saving(sizes: list[int], n: int, repeats: int) -> None:
         off, on = (statistics.median(times[k]) * 1000 for k in (False, True))
         print(f"| {side}×{side} | {off:.0f} | {on:.0f} | {off - on:.0f} ({(off - on) / off:.0%}) |")
         sys.stdout.flush()
+    print(f"\n{_load()}")
 
 
 def end_to_end(sizes: list[int], n: int, repeats: int) -> None:
@@ -213,6 +222,7 @@ def end_to_end(sizes: list[int], n: int, repeats: int) -> None:
                 on, off = statistics.median(rates[True]), statistics.median(rates[False])
                 print(f"\nThroughput with provenance / without, {side}×{side}: {on / off:.3f}")
                 sys.stdout.flush()
+            print(f"\n{_load()}")
         finally:
             stack.close()
 

@@ -216,6 +216,12 @@ def xmp_packet(source_type: str | None = TRAINED, prop: str = "DigitalSourceType
     return text.encode("utf-8")
 
 
+def xmp_many_source_types(n: int) -> bytes:
+    """One XMP packet declaring `n` distinct digital source types (each would be a signal)."""
+    body = "".join(f"<Iptc4xmpExt:DigitalSourceType>term{i}</Iptc4xmpExt:DigitalSourceType>" for i in range(n))
+    return xmp_packet(source_type=None).replace(b"</rdf:Description>", body.encode() + b"</rdf:Description>")
+
+
 def billion_laughs() -> bytes:
     entities = '<!ENTITY lol0 "lol">' + "".join(f'<!ENTITY lol{i} "{f"&lol{i - 1};" * 10}">' for i in range(1, 10))
     return (f'<?xml version="1.0"?><!DOCTYPE x:xmpmeta [{entities}]>'

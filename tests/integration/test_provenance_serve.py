@@ -69,6 +69,11 @@ def cases(chain: F.Chain) -> dict[str, Case]:
         data, errors = hostile[name]
         out[f"hostile: {name}"] = Case(data, errors=[e for e in errors if e[0] not in ("watermark", "file")])
     out["hostile: zip bomb in XMP iTXt"] = Case(hostile["zip bomb in XMP iTXt"][0], status="failed")
+    # Amplification: at most 32 signals and 32 errors per file reach the rows, metrics and alert.
+    out["hostile: 12 000 source types"] = Case(hostile["12 000 source types in one XMP"][0],
+                                               [("iptc", "unsigned", False)] * 32, [("file", "limit")])
+    out["hostile: 20 000 broken XMP packets"] = Case(hostile["20 000 broken XMP packets"][0],
+                                                     errors=[("iptc", "malformed")] * 31 + [("file", "limit")])
     from PIL import Image
 
     variants = {name: data for name, data, _ in provenance_variants(Image.fromarray(rgb))}

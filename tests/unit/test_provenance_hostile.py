@@ -41,6 +41,9 @@ def hostile_cases() -> dict[str, tuple[bytes, list[tuple[str, str]]]]:
                              + F.png_chunks(F.encode(RGB, "PNG"))[1:])
     return {
         "billion laughs in XMP": (F.jpeg_with_xmp(JPEG, F.billion_laughs()), [("iptc", "malformed")]),
+        "12 000 source types in one XMP": (F.png_with_xmp(RGB, F.xmp_many_source_types(12_000)), [("file", "limit")]),
+        "20 000 broken XMP packets": (
+            F.jpeg_with_segments(JPEG, [(0xE1, b"http://ns.adobe.com/xap/1.0/\x00<x")] * 20_000), [("file", "limit")]),
         "external entity in XMP": (F.jpeg_with_xmp(JPEG, F.external_entity("file:///etc/passwd")), [("iptc", "malformed")]),
         "zip bomb in XMP iTXt": (_zip_bomb_xmp_png(), [("iptc", "limit")]),
         "100 000-deep XMP": (_deep_xmp(), []),
@@ -76,6 +79,7 @@ def test_hostile_file_is_bounded_and_recorded(name):
     assert isinstance(result, ProvenanceResult)
     assert [(e.kind, e.reason) for e in result.errors if (e.kind, e.reason) in expected] == expected, result.errors
     assert not [e for e in result.errors if e.reason == "internal"], result.errors
+    assert len(result.signals) <= 32 and len(result.errors) <= 32  # each would be a row and an alert line
     json.dumps(result.as_dict(), allow_nan=False)
 
 
@@ -140,6 +144,7 @@ def test_mutated_fixtures_always_give_a_result_within_the_time_bound(name, flips
     for signal in result.signals:
         assert signal.kind in KINDS and signal.strength in STRENGTHS
     assert not [e for e in result.errors if e.reason == "internal"], result.errors
+    assert len(result.signals) <= 32 and len(result.errors) <= 32  # each would be a row and an alert line
     json.dumps(result.as_dict(), allow_nan=False)
 
 

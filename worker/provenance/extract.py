@@ -23,6 +23,10 @@ from .signals import (
 )
 
 
+MAX_SIGNALS = 32  # per file
+MAX_ERRORS = 32  # per file, the last one saying how many there were
+
+
 def extract(
     data: bytes,
     settings: ProvenanceSettings = ProvenanceSettings(),
@@ -80,6 +84,19 @@ def extract(
             pixels = _decode(data, settings, seconds, errors)
         if pixels is not None:
             timed(WATERMARK, lambda: _watermark(pixels, settings))
+    return _bounded(signals, errors, seconds)
+
+
+def _bounded(signals: list[Signal], errors: list[ExtractionError], seconds: dict[str, float]) -> ProvenanceResult:
+    """At most MAX_SIGNALS signals and MAX_ERRORS errors per file: a 1 MiB XMP packet can hold
+    12 000 distinct source types, and 64 Ki JPEG segments as many broken packets, and each would
+    otherwise become a stored row, a metric increment and a line of the alert."""
+    if len(signals) > MAX_SIGNALS:
+        errors.append(ExtractionError("file", "limit", f"{len(signals)} signals; kept the first {MAX_SIGNALS}"))
+        signals = signals[:MAX_SIGNALS]
+    if len(errors) > MAX_ERRORS:
+        kept = MAX_ERRORS - 1
+        errors = errors[:kept] + [ExtractionError("file", "limit", f"{len(errors)} errors; kept the first {kept}")]
     return ProvenanceResult(tuple(signals), tuple(errors), seconds)
 
 

@@ -25,6 +25,7 @@ from .signals import (
 
 MAX_SIGNALS = 32  # per file
 MAX_ERRORS = 32  # per file, the last one saying how many there were
+MAX_XMP_PACKETS = 64  # parsed per file: each costs a parser run (hostile table, docs/PROVENANCE.md)
 
 
 def extract(
@@ -64,7 +65,9 @@ def extract(
         failed: list[ExtractionError] = []
         if box.xmp_bytes > settings.max_xmp_bytes:
             failed.append(ExtractionError(IPTC, "limit", f"XMP of {box.xmp_bytes}+ bytes; limit {settings.max_xmp_bytes}"))
-        for packet in box.xmp:
+        if len(box.xmp) > MAX_XMP_PACKETS:  # a file has one or two (standard + extended)
+            failed.append(ExtractionError(IPTC, "limit", f"{len(box.xmp)} XMP packets; read the first {MAX_XMP_PACKETS}"))
+        for packet in box.xmp[:MAX_XMP_PACKETS]:
             try:
                 facts.append(xmp.parse(packet))
             except ValueError as exc:

@@ -49,7 +49,6 @@ MAX_ERROR_MESSAGE_CHARS = 500
 MAX_DETAIL_CHARS = 64 * 1024
 
 
-
 @dataclass(frozen=True)
 class Findings:
     """One image's provenance as it travels from prepare to the stored rows and the alert."""

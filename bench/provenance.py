@@ -109,7 +109,7 @@ def hostile(repeats: int, settings: ProvenanceSettings, anchors: TrustAnchors) -
         errors = ", ".join(sorted({f"{e.kind}: {e.reason}" for e in result.errors})) or "none"
         print(f"| {name} | {len(data)} | {statistics.median(times) * 1000:.1f} | {errors} |")
     after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(f"\nPeak RSS before the hostile files {before // 1024} MiB, after {after // 1024} MiB.")
+    print(f"\nPeak RSS before the hostile files {before // 1024} MiB, after {after // 1024} MiB. {_load()}")
 
 
 def _load() -> str:

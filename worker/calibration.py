@@ -147,8 +147,15 @@ class Calibration:
             record = cls(**{k: v for k, v in raw.items() if k in known})
         except FileNotFoundError:
             raise CalibrationError(f"calibration file {path} does not exist") from None
-        except (json.JSONDecodeError, TypeError) as exc:
+        except OSError as exc:
+            raise CalibrationError(f"calibration file {path}: {exc.strerror or exc}") from None
+        except (ValueError, TypeError, AttributeError) as exc:  # not JSON, not an object, missing keys
             raise CalibrationError(f"calibration file {path} is not a valid calibration: {exc}") from None
+        for name, kinds in (("threshold", (int, float)), ("alpha", (int, float)), ("n", (int,)),
+                            ("weights_sha256", (str,)), ("preprocessing", (dict,))):
+            value = getattr(record, name)
+            if not isinstance(value, kinds) or isinstance(value, bool):
+                raise CalibrationError(f"calibration file {path}: {name} has the wrong type ({type(value).__name__})")
         if not np.isfinite(record.threshold):
             raise CalibrationError(f"calibration file {path} has a non-finite threshold")
         return record

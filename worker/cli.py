@@ -13,9 +13,34 @@ import json
 import logging
 import sys
 import threading
-from typing import Sequence
+from typing import NoReturn, Sequence
 
+# Exit statuses (README "Command line"): 0 done; 1 some inputs failed (score) or the worker
+# stopped on a fault of its own; 2 a usage, configuration, model, calibration or device error;
+# 3 a service (database, broker) unreachable at start; 70 a bug (an unexpected exception).
 EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 3
+EXIT_BUG = 70
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), got {value}")
+    return value
 
 
 def _add_model_args(parser: argparse.ArgumentParser, multiple: bool) -> None:
@@ -31,13 +56,21 @@ def _add_model_args(parser: argparse.ArgumentParser, multiple: bool) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: CUDA if present)")
     parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32",
                         help="weight dtype; losses are always fp32")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--tile", type=int, default=None,
+    parser.add_argument("--batch-size", type=positive_int, default=16)
+    parser.add_argument("--tile", type=positive_int, default=None,
                         help="crop every image to at most TILE×TILE (a multiple of the spatial factor)")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one `aedr: error:` line (exit 2), like every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"aedr: error: {self.prog.removeprefix('aedr ')}: {message} (see `{self.prog} --help`)\n"
+                  if self.prog != "aedr" else f"aedr: error: {message} (see `aedr --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="aedr", description="AEDR generative-model attribution")
+    parser = _Parser(prog="aedr", description="AEDR generative-model attribution")
     sub = parser.add_subparsers(dest="command", required=True)
 
     score = sub.add_parser("score", help="score image files: JSON Lines on stdout")
@@ -53,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     cal = sub.add_parser("calibrate", help="fit a model's threshold on images it generated")
     _add_model_args(cal, multiple=False)
     cal.add_argument("--images", required=True, help="directory of the model's own images")
-    cal.add_argument("--alpha", type=float, default=None, help="fixed α (default 0.05)")
+    cal.add_argument("--alpha", type=fraction, default=None, help="fixed α (default 0.05)")
     cal.add_argument("--validation", default=None, help="held-out own images, to select α")
     cal.add_argument("--negatives", action="append", default=[], help="images not from this model")
     cal.add_argument("--out", required=True, help="calibration JSON to write")
@@ -66,8 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="run the whole system locally: broker, worker, database, report")
     demo.add_argument("--database-url", default=None, help="default: SQLite in a temporary directory")
-    demo.add_argument("--per-model", type=int, default=30, help="generated images per zoo model")
-    demo.add_argument("--real", type=int, default=60, help="real photo crops")
+    demo.add_argument("--per-model", type=positive_int, default=30, help="generated images per zoo model")
+    demo.add_argument("--real", type=positive_int, default=60, help="real photo crops")
     demo.add_argument("--metrics-port", type=int, default=None)
     demo.add_argument("--timeout", type=float, default=300.0)
 
@@ -121,12 +154,25 @@ def _cmd_score(args: argparse.Namespace) -> int:
     provenance = load_provenance(ProvenanceSettings(enabled=not args.no_provenance,
                                                     trust_anchor_paths=tuple(args.trust_anchor)))
     failed = False
-    for record in score_records(iter_image_paths(args.paths), pairs, args.batch_size, args.tile,
-                                provenance=provenance):
+    unreadable: list[tuple] = []
+
+    def paths():
+        for path in iter_image_paths(args.paths, lambda p, exc: unreadable.append((p, f"read: {exc.strerror or exc}"))):
+            yield from _drain(unreadable)
+            yield path
+        yield from _drain(unreadable)
+
+    for record in score_records(paths(), pairs, args.batch_size, args.tile, provenance=provenance):
         failed = failed or "error" in record
         sys.stdout.write(json.dumps(record) + "\n")
     sys.stdout.flush()
     return 1 if failed else 0
+
+
+def _drain(items: list) -> list:
+    out = list(items)
+    items.clear()
+    return out
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
@@ -153,20 +199,22 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     stop = threading.Event()
     _stop_on_signals(stop)  # before the slow imports and the model loading: a stop then is clean too
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from .config import load_settings
     from .service import build, configure_process
 
     settings = load_settings(args.config)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     configure_process(settings.scoring)
     service = build(settings, stop)
     if service is None:  # stopped during start-up
         return 0
     try:
-        service.run()
+        status = service.run()
     finally:
         service.close()
-    return 0
+    if status:
+        print(f"aedr: error: stopped on a fault of its own, for a restart: {service.worker.fault}", file=sys.stderr)
+    return status
 
 
 def _stop_on_signals(stop: threading.Event) -> None:
@@ -187,10 +235,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_db(args: argparse.Namespace) -> int:
     from .config import load_settings, mask_url
-    from .storage import upgrade
+    from .storage import reaching, upgrade
 
     url = args.database_url or load_settings(args.config).database.resolved_url()
-    upgrade(url)
+    with reaching(url):
+        upgrade(url)
     print(f"aedr: database {mask_url(url)} is at the latest migration", file=sys.stderr)
     return 0
 
@@ -214,9 +263,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handlers[args.command](args)
     except AedrError as exc:
-        return _fail(str(exc))
+        print(f"aedr: error: {exc}", file=sys.stderr)
+        return exc.exit_status
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # a bug: one line, and the traceback only when asked for
+        import os
+        import traceback
+
+        if os.environ.get("AEDR_TRACEBACK"):
+            traceback.print_exc()
+        print(f"aedr: error: unexpected {type(exc).__name__}: {str(exc)[:300]} (a bug; set AEDR_TRACEBACK=1 "
+              "to see where)", file=sys.stderr)
+        return EXIT_BUG
 
 
 if __name__ == "__main__":

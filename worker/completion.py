@@ -4,9 +4,16 @@ time, in order, retried with backoff until it succeeds.
 The order is the delivery guarantee (at least once, nothing lost): a batch's offsets are
 committed only after its rows are committed in the database and its alerts and dead letters are
 acknowledged by the broker. Each step is done once per batch: a batch that was stored but not
-published is not stored again (it would be harmless, since writes are idempotent, but slow).
-A producer that keeps failing is replaced: kafka-python's producer can enter a fatal state
-(after a broker restart, say) from which it never recovers.
+published is not stored again, and records the broker acknowledged are not sent again.
+
+A failure that belongs to one event is isolated, so it cannot stop the partition:
+- rows the database refuses as data (not a lost connection) are found by storing halves of the
+  batch; such an event is stored as `failed` with `Reason.INTERNAL` and dead-lettered;
+- a record the broker refuses as too large is published again without its payload, marked
+  (`outcomes.shrink`).
+Everything else (a database or broker that is away) is retried with backoff, and a producer that
+keeps failing is replaced: kafka-python's producer can enter a fatal state (after a broker
+restart, say) from which it never recovers.
 """
 
 from __future__ import annotations
@@ -18,10 +25,12 @@ from typing import Callable, Mapping, Sequence
 
 from .clock import Clock
 from .config import RetrySettings
+from .events import Reason
 from .health import Health
-from .messages import Consumer, Partition, Producer
+from .messages import Consumer, Partition, Producer, PublishError
 from .metrics import Metrics
-from .outcomes import BatchResult
+from .outcomes import EventResult, Publishing, clean_text, reject, shrink, stamp
+from .prepare import Prepared, Rejection
 from .provenance_step import count_provenance
 from .storage import Store
 
@@ -60,20 +69,25 @@ class ProducerSlot:
 
 @dataclass
 class Completing:
-    """One batch on its way out: what to store and publish, which offsets it covers, and how far
+    """One batch on its way out: each event's row and record, the offsets it covers, and how far
     it got."""
 
-    result: BatchResult
+    results: list[EventResult]
+    prepared: list[Prepared]  # aligned with results: what an event is rebuilt from if it must fail
     offsets: Mapping[Partition, int]  # next offset to read, per partition
     received: Sequence[float]  # clock monotonic of each event, for latency
     stored: bool = False
-    published: bool = False
+    acked: set[int] = field(default_factory=set)  # results whose record the broker acknowledged
     attempts: int = 0
     retry_at: float = 0.0
 
     @property
     def size(self) -> int:
-        return len(self.received)
+        return len(self.results)
+
+    @property
+    def published(self) -> bool:
+        return all(i in self.acked or r.outbound is None for i, r in enumerate(self.results))
 
 
 @dataclass
@@ -84,6 +98,7 @@ class Completion:
     metrics: Metrics
     clock: Clock
     health: Health
+    publishing: Publishing
     retry: RetrySettings = field(default_factory=RetrySettings)
     committed: dict[Partition, int] = field(default_factory=dict)  # last offsets this worker committed
     committed_events: int = 0
@@ -93,19 +108,19 @@ class Completion:
         try:
             if not batch.stored:
                 started = time.perf_counter()
-                self.store.save(batch.result.rows)
+                self._store(batch)
                 self.metrics.stage.labels("store").observe(time.perf_counter() - started)
                 batch.stored = True
                 self.health.store(True)
+                log.info("stored %s", _ranges(batch))  # one line per batch: what was processed, for audits
             if not batch.published:
-                self.producers.producer.publish(batch.result.outbound, PUBLISH_TIMEOUT_S)
-                batch.published = True
+                self._publish(batch)
         except Exception as exc:
             batch.attempts += 1
             if not batch.stored:
                 self.metrics.store_errors.inc()
                 self.health.store(False)
-            else:
+            elif not isinstance(exc, PublishError) or any(k != "too_large" for k in exc.failed.values()):
                 self.producers.replace()
             delay = self.retry.delay(batch.attempts)
             batch.retry_at = self.clock.monotonic() + delay
@@ -115,6 +130,58 @@ class Completion:
         self._commit(batch)
         self._count(batch)
         return True
+
+    # ------------------------------------------------------------ store
+
+    def _store(self, batch: Completing) -> None:
+        """Save the batch in one transaction; if the database refuses some rows as data, find
+        them by halves, and store those events as failed instead."""
+        try:
+            self.store.save([r.row for r in batch.results])
+            return
+        except Exception as exc:
+            if not self.store.is_data_error(exc):
+                raise
+            log.warning("the database refused a batch of %d as data (%s); isolating the rows", batch.size,
+                        type(exc).__name__)
+        for i, exc in self._save_isolating(batch, list(range(batch.size))):
+            rejection = Rejection(Reason.INTERNAL, clean_text(f"could not be stored: {type(exc).__name__}: {exc}", 300))
+            r = batch.results[i]
+            batch.results[i] = reject(batch.prepared[i], rejection, r.row.received_at, self.publishing,
+                                      stamp(self.clock.now()))
+            self.store.save([batch.results[i].row])  # a bare failed row: a failure here is not data
+
+    def _save_isolating(self, batch: Completing, indices: list[int]) -> list[tuple[int, Exception]]:
+        try:
+            self.store.save([batch.results[i].row for i in indices])
+            return []
+        except Exception as exc:
+            if not self.store.is_data_error(exc):
+                raise
+            if len(indices) == 1:
+                return [(indices[0], exc)]
+        half = len(indices) // 2
+        return self._save_isolating(batch, indices[:half]) + self._save_isolating(batch, indices[half:])
+
+    # ------------------------------------------------------------ publish
+
+    def _publish(self, batch: Completing) -> None:
+        pending = [i for i, r in enumerate(batch.results) if r.outbound is not None and i not in batch.acked]
+        try:
+            self.producers.producer.publish([batch.results[i].outbound for i in pending], PUBLISH_TIMEOUT_S)
+        except PublishError as exc:
+            failed = {pending[k]: kind for k, kind in exc.failed.items()}
+            batch.acked.update(i for i in pending if i not in failed)
+            for i, kind in failed.items():
+                r = batch.results[i]
+                if kind == "too_large" and r.outbound is not None:
+                    log.warning("%s %s refused as too large; publishing it without its payload",
+                                "dead letter" if r.reason else "alert", r.row.event_id)
+                    batch.results[i] = EventResult(r.row, shrink(r.outbound, dead_letter=r.reason is not None), r.reason)
+            raise
+        batch.acked.update(pending)
+
+    # ------------------------------------------------------------ commit
 
     def _commit(self, batch: Completing) -> None:
         """Commit the batch's offsets for partitions still assigned: one that moved is its new
@@ -135,16 +202,16 @@ class Completion:
         now = self.clock.monotonic()
         for received in batch.received:
             self.metrics.event_latency.observe(now - received)
-        for row in batch.result.rows:
-            if row.status == "scored":
-                self.metrics.events.labels("scored").inc()
-                for a in row.attributions:
-                    self.metrics.verdicts.labels(a.model, "match" if a.belongs else "no_match").inc()
-        for reason in batch.result.reasons:
-            self.metrics.events.labels("dead_lettered").inc()
-            self.metrics.dlq.labels(reason.value).inc()
-        self.metrics.alerts.inc(batch.result.alerts)
-        count_provenance(self.metrics, batch.result)
+        for r in batch.results:
+            if r.reason is not None:
+                self.metrics.events.labels("dead_lettered").inc()
+                self.metrics.dlq.labels(r.reason.value).inc()
+                continue
+            self.metrics.events.labels("scored").inc()
+            for a in r.row.attributions:
+                self.metrics.verdicts.labels(a.model, "match" if a.belongs else "no_match").inc()
+        self.metrics.alerts.inc(sum(1 for r in batch.results if r.alerted))
+        count_provenance(self.metrics, batch.results)
         self.committed_events += batch.size
 
 
@@ -154,3 +221,11 @@ def offsets_of(messages: Sequence) -> dict[Partition, int]:
     for m in messages:
         out[m.tp] = max(out.get(m.tp, -1), m.offset + 1)
     return out
+
+
+def _ranges(batch: Completing) -> str:
+    """topic/partition:first-last for each partition of a batch (for the processing log)."""
+    spans: dict[tuple[str, int], list[int]] = {}
+    for r in batch.results:
+        spans.setdefault((r.row.topic, r.row.partition), []).append(r.row.offset)
+    return " ".join(f"{t}/{p}:{min(o)}-{max(o)}" for (t, p), o in sorted(spans.items()))

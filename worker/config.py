@@ -42,6 +42,7 @@ class KafkaSettings:
     max_poll_interval_ms: int = 300_000
     max_partition_fetch_bytes: int = 32 * 1024 * 1024
     max_request_size: int = 32 * 1024 * 1024
+    max_alert_bytes: int = 1_000_000  # alerts' metadata is cut (and marked) to fit; brokers default to ~1 MB
     auto_offset_reset: str = "earliest"
 
 
@@ -133,6 +134,25 @@ class ScoringSettings:
 
 
 @dataclass(frozen=True)
+class GuardSettings:
+    """When the worker stops trusting itself.
+
+    `fault_exit_s`: while the models cannot score (or the dead-letter guard holds), nothing is
+    dead-lettered or committed and /readyz fails; after this long the worker exits with status 1
+    so that the orchestrator restarts it. 0 = never exit.
+    `dead_letter_fraction`: when more than this fraction of the last `dead_letter_window` events
+    would be dead-lettered, the worker holds (commits nothing) as for a fault of its own. 0 = off,
+    the default: a flood of bad input is the producer's fault, and any producer could otherwise
+    stop the partition. Turn it on where a burst of dead letters more likely means our own
+    misconfiguration (a fetch allowlist, a decoder) than bad uploads.
+    """
+
+    fault_exit_s: float = 300.0
+    dead_letter_fraction: float = 0.0
+    dead_letter_window: int = 1000
+
+
+@dataclass(frozen=True)
 class WatchlistEntry:
     name: str
     model: str
@@ -155,6 +175,7 @@ class Settings:
     # Provenance signals (C2PA, IPTC, generator metadata, SD/SDXL watermark): the keys, their
     # defaults and what each means are in worker/provenance/settings.py; README "Provenance".
     provenance: ProvenanceSettings = field(default_factory=ProvenanceSettings)
+    guard: GuardSettings = field(default_factory=GuardSettings)
     watchlist: tuple[WatchlistEntry, ...] = ()
 
     def replace(self, **sections: Any) -> "Settings":
@@ -216,7 +237,9 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
             raw = tomllib.loads(Path(path).read_text())
         except FileNotFoundError:
             raise ConfigError(f"config file {path} does not exist") from None
-        except tomllib.TOMLDecodeError as exc:
+        except OSError as exc:
+            raise ConfigError(f"config file {path}: {exc.strerror or exc}") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"config file {path}: {exc}") from None
     unknown = set(raw) - set(_SECTIONS) - {"watchlist"}
     if unknown:
@@ -241,11 +264,38 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
     if len(set(names)) != len(names):
         raise ConfigError(f"watchlist: duplicate model names in {names}")
     settings = Settings(**sections, watchlist=watchlist)
-    if settings.batch.max_size < 1 or settings.batch.max_wait_ms < 0:
-        raise ConfigError("batch: max_size must be ≥ 1 and max_wait_ms ≥ 0")
+    _check_ranges(settings)
+    return settings
+
+
+# (section, key, smallest allowed value): every count, size and duration that has a floor.
+_MINIMA = (
+    ("batch", "max_size", 1), ("batch", "max_wait_ms", 0), ("batch", "max_buffered", 1),
+    ("retry", "initial_s", 0), ("retry", "max_s", 0),
+    ("images", "max_bytes", 1), ("images", "max_pixels", 1), ("images", "min_side", 1),
+    ("fetch", "timeout_s", 0.001), ("fetch", "max_redirects", 0),
+    ("scoring", "batch_size", 1), ("scoring", "threads", 0),
+    ("kafka", "max_request_size", 1024), ("kafka", "max_alert_bytes", 1024),
+    ("kafka", "session_timeout_ms", 1), ("kafka", "heartbeat_interval_ms", 1),
+    ("metrics", "port", 0),
+    ("guard", "fault_exit_s", 0), ("guard", "dead_letter_fraction", 0), ("guard", "dead_letter_window", 1),
+)
+
+
+def _check_ranges(settings: Settings) -> None:
+    for section, key, minimum in _MINIMA:
+        value = getattr(getattr(settings, section), key)
+        if value < minimum:
+            raise ConfigError(f"{section}.{key} must be ≥ {minimum}, got {value}")
     if settings.batch.max_buffered < settings.batch.max_size:
         raise ConfigError("batch.max_buffered must be ≥ batch.max_size")
-    return settings
+    if settings.guard.dead_letter_fraction > 1:
+        raise ConfigError(f"guard.dead_letter_fraction must be ≤ 1, got {settings.guard.dead_letter_fraction}")
+    if settings.metrics.port > 65535:
+        raise ConfigError(f"metrics.port must be ≤ 65535, got {settings.metrics.port}")
+    for i, entry in enumerate(settings.watchlist):
+        if not entry.name.strip() or not entry.model.strip() or not entry.calibration.strip():
+            raise ConfigError(f"watchlist[{i}]: name, model and calibration must not be empty")
 
 
 def _refuse_secrets_in_file(raw: dict[str, Any]) -> None:

@@ -5,4 +5,12 @@ heavy import (torch) has happened."""
 
 
 class AedrError(Exception):
-    """A failure the user can fix; `str()` is one line."""
+    """A failure the user can fix; `str()` is one line. `aedr` exits with `exit_status`."""
+
+    exit_status = 2
+
+
+class ServiceUnavailable(AedrError):
+    """A service the command needs (the database, the broker) cannot be reached at start."""
+
+    exit_status = 3

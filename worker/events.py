@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -57,6 +58,23 @@ class UploadEvent:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"number {text[:20]} is out of range")
+    return number
+
+
+def strict_json(text: str) -> Any:
+    """RFC 8259 JSON only: NaN, Infinity and numbers that overflow a float are refused (they
+    could not be published again as JSON); raises ValueError, like json.loads."""
+    return json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
+
+
 def decode_event(value: bytes | None, max_bytes: int) -> UploadEvent:
     """Parse and validate one message value."""
     if value is None:
@@ -69,8 +87,8 @@ def decode_event(value: bytes | None, max_bytes: int) -> UploadEvent:
     except UnicodeDecodeError as exc:
         raise InvalidEvent(Reason.BAD_JSON, f"not UTF-8: {exc.reason} at byte {exc.start}") from None
     try:
-        raw = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
+        raw = strict_json(text)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError; so is a 5 000-digit int
         raise InvalidEvent(Reason.BAD_JSON, f"not JSON: {str(exc)[:200]}") from None
     if not isinstance(raw, dict):
         raise InvalidEvent(Reason.SCHEMA, f"event must be a JSON object, got {type(raw).__name__}")
@@ -121,8 +139,8 @@ def event_id_hint(value: bytes | None) -> str | None:
     if not value:
         return None
     try:
-        raw = json.loads(value.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raw = strict_json(value.decode("utf-8"))
+    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         return None
     if isinstance(raw, dict):
         event_id = raw.get("event_id")
@@ -148,4 +166,5 @@ def alert_message(event: UploadEvent, matches: list[dict[str, Any]], best: dict[
     }
     if provenance is not None:
         payload["provenance"] = provenance
-    return json.dumps(payload, separators=(",", ":")).encode()
+    # UTF-8 as is (escaping every non-ASCII character can triple the size); never NaN/Infinity.
+    return json.dumps(payload, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()

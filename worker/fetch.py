@@ -7,18 +7,28 @@ configured root; host names are resolved once, every address is checked (no priv
 link-local, multicast or reserved address unless explicitly allowed), and the connection goes to
 the checked address (no second lookup for a rebinding DNS to exploit). Redirects are followed by
 hand, each hop checked the same way. Size and time limits apply while streaming, not after.
+
+Every wait is bounded by one deadline, `fetch.timeout_s`, for the whole fetch: connecting,
+headers and body, across redirects. A socket timeout alone would not do it (a server that sends
+one header byte a second never trips it), so a watchdog shuts the connection down when the
+deadline passes, whatever the client is waiting for. `file://` reads only regular files, opened
+without blocking and read up to the byte limit: a FIFO or a device under the root cannot hang or
+flood the worker.
 """
 
 from __future__ import annotations
 
 import http.client
 import ipaddress
+import os
 import socket
 import ssl
+import stat
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import unquote, urljoin, urlsplit
 
 from .config import FetchSettings
 from .events import InvalidEvent, Reason
@@ -34,9 +44,18 @@ class Fetcher:
 
     def fetch(self, url: str) -> bytes:
         """The bytes at `url`, or `InvalidEvent` (reason fetch or too_large)."""
+        try:
+            return self._fetch(url)
+        except InvalidEvent:
+            raise
+        except (ValueError, UnicodeError, RuntimeError, OSError) as exc:  # a malformed URL or path
+            raise InvalidEvent(Reason.FETCH, f"bad URL: {type(exc).__name__}: {exc}"[:300]) from None
+
+    def _fetch(self, url: str) -> bytes:
         deadline = time.monotonic() + self.settings.timeout_s
         for _ in range(self.settings.max_redirects + 1):
             parts = urlsplit(url)
+            parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
             scheme = parts.scheme.lower()
             if scheme not in self.settings.allowed_schemes:
                 raise InvalidEvent(Reason.FETCH, f"URL scheme {scheme or '(none)'!r} is not allowed")
@@ -54,15 +73,23 @@ class Fetcher:
         if not self.settings.file_root:
             raise InvalidEvent(Reason.FETCH, "file:// URLs need fetch.file_root")
         root = Path(self.settings.file_root).resolve()
-        target = Path(path).resolve()
+        target = Path(unquote(path)).resolve()  # raises RuntimeError on a symlink loop
         if not target.is_relative_to(root):
             raise InvalidEvent(Reason.FETCH, "file:// path is outside fetch.file_root")
         try:
-            if target.stat().st_size > self.max_bytes:
-                raise InvalidEvent(Reason.TOO_LARGE, f"file is larger than {self.max_bytes} bytes")
-            return target.read_bytes()
+            fd = os.open(target, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
         except OSError as exc:
-            raise InvalidEvent(Reason.FETCH, f"file:// read failed: {exc.strerror}") from None
+            raise InvalidEvent(Reason.FETCH, f"file:// open failed: {exc.strerror}") from None
+        with os.fdopen(fd, "rb") as f:
+            info = os.fstat(f.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise InvalidEvent(Reason.FETCH, "file:// path is not a regular file")
+            if info.st_size > self.max_bytes:
+                raise InvalidEvent(Reason.TOO_LARGE, f"file is larger than {self.max_bytes} bytes")
+            data = f.read(self.max_bytes + 1)
+        if len(data) > self.max_bytes:  # it grew while we read it
+            raise InvalidEvent(Reason.TOO_LARGE, f"file is larger than {self.max_bytes} bytes")
+        return data
 
     def _check_host(self, host: str, port: int) -> str:
         if host.lower() not in {h.lower() for h in self.settings.allowed_hosts}:
@@ -82,9 +109,14 @@ class Fetcher:
         host = parts.hostname or ""
         port = parts.port or (443 if scheme == "https" else 80)
         address = self._check_host(host, port)
-        remaining = max(0.1, deadline - time.monotonic())
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise InvalidEvent(Reason.FETCH, f"fetch took longer than {self.settings.timeout_s} s")
         conn_cls = _PinnedHTTPS if scheme == "https" else _PinnedHTTP
         conn = conn_cls(host, port, address, remaining)
+        watchdog = threading.Timer(remaining, conn.abort)
+        watchdog.daemon = True
+        watchdog.start()
         try:
             path = parts.path or "/"
             if parts.query:
@@ -107,19 +139,51 @@ class Fetcher:
                     raise InvalidEvent(Reason.FETCH, f"fetch took longer than {self.settings.timeout_s} s")
                 chunk = response.read1(_CHUNK) if hasattr(response, "read1") else response.read(_CHUNK)
                 if not chunk:
+                    if conn.aborted:  # the watchdog cut a body that had not ended
+                        raise InvalidEvent(Reason.FETCH, f"fetch took longer than {self.settings.timeout_s} s")
                     return bytes(body)
                 body += chunk
                 if len(body) > self.max_bytes:
                     raise InvalidEvent(Reason.TOO_LARGE, f"body exceeds {self.max_bytes} bytes")
         except InvalidEvent:
             raise
-        except (OSError, http.client.HTTPException, ssl.SSLError) as exc:
+        except (OSError, http.client.HTTPException, ssl.SSLError, ValueError) as exc:
+            if time.monotonic() >= deadline:
+                raise InvalidEvent(Reason.FETCH, f"fetch took longer than {self.settings.timeout_s} s") from None
             raise InvalidEvent(Reason.FETCH, f"{type(exc).__name__}: {exc}"[:300]) from None
         finally:
+            watchdog.cancel()
             conn.close()
 
 
-class _PinnedHTTP(http.client.HTTPConnection):
+class _Abortable:
+    """A connection the deadline watchdog can cut from another thread: shutting the socket down
+    wakes up whatever read or connect is waiting on it."""
+
+    _raw: socket.socket | None = None
+    _aborted = False
+
+    def _open(self, address: str, port: int, timeout: float) -> socket.socket:
+        if self._aborted:
+            raise TimeoutError("deadline passed")
+        self._raw = socket.create_connection((address, port), timeout)
+        return self._raw
+
+    @property
+    def aborted(self) -> bool:
+        return self._aborted
+
+    def abort(self) -> None:
+        self._aborted = True
+        raw = self._raw
+        if raw is not None:
+            try:
+                raw.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+class _PinnedHTTP(_Abortable, http.client.HTTPConnection):
     """HTTP to an already-checked address, with the URL's host in the Host header."""
 
     def __init__(self, host: str, port: int, address: str, timeout: float):
@@ -127,10 +191,10 @@ class _PinnedHTTP(http.client.HTTPConnection):
         self._address = address
 
     def connect(self) -> None:
-        self.sock = socket.create_connection((self._address, self.port), self.timeout)
+        self.sock = self._open(self._address, self.port, self.timeout)
 
 
-class _PinnedHTTPS(http.client.HTTPSConnection):
+class _PinnedHTTPS(_Abortable, http.client.HTTPSConnection):
     """HTTPS to an already-checked address; the certificate is checked against the host name."""
 
     def __init__(self, host: str, port: int, address: str, timeout: float):
@@ -138,5 +202,5 @@ class _PinnedHTTPS(http.client.HTTPSConnection):
         self._address = address
 
     def connect(self) -> None:
-        sock = socket.create_connection((self._address, self.port), self.timeout)
+        sock = self._open(self._address, self.port, self.timeout)
         self.sock = self._context.wrap_socket(sock, server_hostname=self.host)

@@ -82,11 +82,12 @@ def _toml_value(value: Any) -> str:
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def zoo_models(names: Sequence[str]) -> list[tuple[str, str, str]]:
-    """(name, model dir, calibration) of zoo members, for `worker_toml`."""
+def zoo_models(models: Sequence[str | tuple[str, str, str]]) -> list[tuple[str, str, str]]:
+    """(name, model dir, calibration) for `worker_toml`: a zoo member's name stands for its own."""
     from .zoo import zoo_model
 
-    return [(n, str(zoo_model(n).path), str(zoo_model(n).calibration_path)) for n in names]
+    return [m if isinstance(m, tuple) else (m, str(zoo_model(m).path), str(zoo_model(m).calibration_path))
+            for m in models]
 
 
 @dataclass
@@ -119,7 +120,7 @@ class ServeLauncher:
     bootstrap: str
     database_url: str
     workdir: Path
-    models: Sequence[str]
+    models: Sequence[str | tuple[str, str, str]]  # zoo names, or (name, model dir, calibration)
     topic: str = field(default_factory=lambda: f"uploads-{uuid.uuid4().hex[:8]}")
     max_size: int = 8
     sections: dict[str, dict[str, Any]] = field(default_factory=dict)

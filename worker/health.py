@@ -8,8 +8,29 @@ the gauge changes with them, whether or not anything calls /readyz.
 from __future__ import annotations
 
 import threading
+from collections import deque
+from typing import Sequence
 
 from .metrics import Metrics
+
+
+class DeadLetterWindow:
+    """The fraction of the last `size` events that were dead-lettered."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._flags: deque[bool] = deque(maxlen=size)
+
+    def fraction_with(self, dead: Sequence[bool]) -> float:
+        """The fraction if these events were added (nothing is added)."""
+        window = (list(self._flags) + list(dead))[-self.size:]
+        return sum(window) / len(window) if window else 0.0
+
+    def full_with(self, dead: Sequence[bool]) -> bool:
+        return len(self._flags) + len(dead) >= self.size
+
+    def add(self, dead: Sequence[bool]) -> None:
+        self._flags.extend(dead)
 
 
 class Health:

@@ -15,10 +15,11 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Collection, Mapping, Protocol, Sequence
+from typing import Any, Callable, Collection, Mapping, Protocol, Sequence
 
 from .config import KafkaSettings
-from .messages import Message, Outbound, Partition
+from .errors import ServiceUnavailable
+from .messages import Message, Outbound, Partition, PublishError
 
 log = logging.getLogger(__name__)
 
@@ -95,10 +96,29 @@ class KafkaProducerAdapter:
         self._producer = producer
 
     def publish(self, messages: Sequence[Outbound], timeout_s: float) -> None:
-        futures = [self._producer.send(m.topic, value=m.value, key=m.key, headers=list(m.headers)) for m in messages]
+        from kafka.errors import MessageSizeTooLargeError
+
+        failed: dict[int, str] = {}
+        errors: list[str] = []
+
+        def note(i: int, exc: Exception) -> None:
+            failed[i] = "too_large" if isinstance(exc, MessageSizeTooLargeError) else "error"
+            errors.append(f"{type(exc).__name__}: {exc}"[:200])
+
+        futures = {}
+        for i, m in enumerate(messages):
+            try:  # the client checks the size before sending, and raises here
+                futures[i] = self._producer.send(m.topic, value=m.value, key=m.key, headers=list(m.headers))
+            except MessageSizeTooLargeError as exc:
+                note(i, exc)
         self._producer.flush(timeout=timeout_s)
-        for f in futures:
-            f.get(timeout=timeout_s)  # raises if the broker did not acknowledge
+        for i, future in futures.items():
+            try:
+                future.get(timeout=timeout_s)  # raises if the broker did not acknowledge
+            except Exception as exc:
+                note(i, exc)
+        if failed:
+            raise PublishError(failed, f"{len(failed)} of {len(messages)} record(s) not acknowledged: {errors[0]}")
 
     def close(self, timeout_s: float = 0) -> None:
         self._producer.close(timeout=timeout_s)
@@ -122,7 +142,7 @@ def make_consumer(settings: KafkaSettings, listener: RebalanceListener) -> Kafka
         def on_partitions_assigned(self, assigned):
             listener.on_partitions_assigned([Partition(tp.topic, tp.partition) for tp in assigned])
 
-    consumer = KafkaConsumer(
+    consumer = _reaching(settings, lambda: KafkaConsumer(
         bootstrap_servers=settings.bootstrap_servers.split(","),
         group_id=settings.group_id,
         client_id=settings.client_id,
@@ -134,7 +154,7 @@ def make_consumer(settings: KafkaSettings, listener: RebalanceListener) -> Kafka
         max_partition_fetch_bytes=settings.max_partition_fetch_bytes,
         fetch_max_bytes=max(settings.max_partition_fetch_bytes, 52428800),
         **_security(settings),
-    )
+    ))
     consumer.subscribe([settings.topic], listener=Listener())
     return KafkaConsumerAdapter(consumer)
 
@@ -158,6 +178,17 @@ def make_producer(settings: KafkaSettings) -> KafkaProducerAdapter:
         retries=5,
         **_security(settings),
     ))
+
+
+def _reaching(settings: KafkaSettings, connect: Callable[[], Any]) -> Any:
+    """Make a client; a broker that cannot be reached (or refuses us) is one clear line."""
+    from kafka.errors import KafkaError
+
+    try:
+        return connect()
+    except KafkaError as exc:
+        raise ServiceUnavailable(f"Kafka at {settings.bootstrap_servers} cannot be used: {type(exc).__name__}: "
+                                 f"{str(exc)[:200]}") from None
 
 
 def ensure_topics(settings: KafkaSettings, partitions: int = 4, topics: Sequence[str] | None = None) -> None:

@@ -76,10 +76,21 @@ class Consumer(Protocol):
     def close(self) -> None: ...
 
 
+class PublishError(Exception):
+    """Some records were not acknowledged. `failed` maps each one's index to why: "too_large"
+    (the client or the broker refuses its size: sending it again cannot help) or "error"
+    (anything else: worth another try). The others were acknowledged."""
+
+    def __init__(self, failed: Mapping[int, str], detail: str):
+        super().__init__(detail)
+        self.failed = dict(failed)
+
+
 class Producer(Protocol):
     """Publishes records and waits for the broker's acknowledgement."""
 
     def publish(self, messages: Sequence[Outbound], timeout_s: float) -> None:
-        """Send every message and wait until all are acknowledged; raises if any is not."""
+        """Send every message and wait until all are acknowledged; raises `PublishError` naming
+        the ones that were not (or any exception when the client itself fails)."""
 
     def close(self, timeout_s: float = 0) -> None: ...

@@ -65,11 +65,28 @@ def spatial_factor_of(kind: Kind, config: dict[str, Any]) -> int:
     return 2 ** (len(blocks) - 1)
 
 
+class DeviceNotAvailable(AedrError):
+    """The requested device is not a device, or not on this machine."""
+
+
 def pick_device(requested: str | None = None) -> torch.device:
-    """`requested` if given ("cpu", "cuda", "cuda:1"…), else CUDA when present, else CPU."""
-    if requested and requested != "auto":
-        return torch.device(requested)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """`requested` if given ("cpu", "cuda", "cuda:1"…), else CUDA when present, else CPU.
+    Raises `DeviceNotAvailable` for a device this machine does not have."""
+    if not requested or requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(requested)
+    except (RuntimeError, ValueError):
+        raise DeviceNotAvailable(f"device {requested!r} is not a device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise DeviceNotAvailable(f"device {requested!r}: no CUDA device is available on this machine")
+        if device.index is not None and device.index >= count:
+            raise DeviceNotAvailable(f"device {requested!r}: this machine has {count} CUDA device(s)")
+    elif device.type != "cpu":
+        raise DeviceNotAvailable(f"device {requested!r}: only cpu and cuda are supported")
+    return device
 
 
 def state_dict_sha256(module: torch.nn.Module) -> str:

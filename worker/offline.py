@@ -7,10 +7,11 @@ streams through in bounded memory, and an unreadable file becomes an error recor
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -25,16 +26,28 @@ from .scoring import ImageTooSmall, Scores, crop_box, pixel_budget, preprocessin
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 
 
-def iter_image_paths(paths: Iterable[str | Path]) -> Iterator[Path]:
-    """Files as given; directories walked recursively for image suffixes, sorted."""
+def iter_image_paths(paths: Iterable[str | Path], on_error: Callable[[Path, OSError], None] | None = None
+                     ) -> Iterator[Path]:
+    """Files as given; directories walked recursively for image suffixes, in sorted order. A
+    directory that cannot be read goes to `on_error` (by default: raised), never skipped
+    silently."""
+
+    def failed(exc: OSError) -> None:
+        if on_error is None:
+            raise exc
+        on_error(Path(exc.filename or "?"), exc)
+
     for raw in paths:
         path = Path(raw)
-        if path.is_dir():
-            for child in sorted(path.rglob("*")):
-                if child.is_file() and child.suffix.lower() in IMAGE_SUFFIXES and not child.name.startswith("."):
-                    yield child
-        else:
+        if not path.is_dir():
             yield path
+            continue
+        for directory, subdirectories, files in os.walk(path, onerror=failed):
+            subdirectories.sort()
+            for name in sorted(files):
+                child = Path(directory) / name
+                if child.suffix.lower() in IMAGE_SUFFIXES and not name.startswith(".") and child.is_file():
+                    yield child
 
 
 @dataclass
@@ -88,19 +101,21 @@ def score_one_model(
 
 
 def score_records(
-    paths: Iterable[Path],
+    paths: Iterable[Path | tuple[Path, str]],
     models: Sequence[tuple[Autoencoder, Calibration | None]],
     batch_size: int = 16,
     tile: int | None = None,
     chunk: int = 256,
     provenance: Provenance | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """One record per (image, model), or one error record per unreadable image; with
-    `provenance`, one more record per image whose file carries provenance signals or could not
-    be read for them: {"image", "kind": "provenance", "alerting", "evidence", "errors",
-    "scoring_skipped"} (the alert's provenance section; here the models always score)."""
+    """One record per (image, model), or one error record per unreadable image (a `(path,
+    error)` pair among `paths` is passed through as an error record); with `provenance`, one
+    more record per image whose file carries provenance signals or could not be read for them:
+    {"image", "kind": "provenance", "alerting", "evidence", "errors", "scoring_skipped"} (the
+    alert's provenance section; here the models always score)."""
     for group in _chunks(paths, chunk):
-        loaded = [load_file(p, provenance=provenance) for p in group]
+        loaded = [Loaded(p[0], error=p[1]) if isinstance(p, tuple) else load_file(p, provenance=provenance)
+                  for p in group]
         good = [item for item in loaded if item.image is not None]
         per_model = [
             score_one_model(model, [item.image for item in good], batch_size, tile)  # type: ignore[misc]
@@ -142,7 +157,10 @@ def scores_of_directory(
     with a warning on stderr)."""
     from tqdm import tqdm
 
-    paths = list(iter_image_paths([directory]))
+    def unreadable(path: Path, exc: OSError) -> None:
+        raise CalibrationError(f"cannot read directory {path}: {exc.strerror or exc}")
+
+    paths = list(iter_image_paths([directory], unreadable))
     if not paths:
         raise CalibrationError(f"no images (png/jpg/webp/…) under {directory}")
     values: list[float] = []

@@ -1,19 +1,29 @@
 """Where an event is decided: a scored batch → the rows to store and the records to publish.
 
-Pure: prepared events and their scores come in; `EventOutcome` rows (with the provenance rows
-of `Prepared.provenance`), alerts and dead letters come out, with the typed facts the metrics
-count (reasons, verdicts). Nothing here touches the database, the broker or the clock; `build` is called once per batch, and its result is kept
-across retries, so a batch that is stored again after a failure stores the same rows.
+Pure: prepared events and their scores come in; per event, an `EventOutcome` row (with the
+provenance rows of `Prepared.provenance`) and the alert or dead letter it publishes come out,
+with the typed facts the metrics count. Nothing here
+touches the database, the broker or the clock; `build` is called once per batch and its result
+is kept across retries, so a batch stored again after a failure stores the same rows.
+
+Everything that leaves is made safe for where it goes, whatever the upload contained:
+- text for the database has no NUL and no lone surrogate (Postgres refuses both);
+- an alert is valid JSON within `Publishing.max_alert_bytes` (a broker's default limit is
+  about 1 MB): oversized metadata is cut and the cut is marked, never silently dropped;
+- a dead letter keeps the original value, unless it cannot be published at all
+  (`shrink`): then the value is dropped and `aedr.value_dropped` says how large it was, and
+  `aedr.source` still says where the original is.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from .decision import Match, best_match
-from .events import Reason, alert_message
+from .events import Reason, UploadEvent, alert_message
 from .messages import Outbound
 from .prepare import Prepared, Rejection
 from .storage import AttributionRecord, EventOutcome
@@ -24,9 +34,13 @@ MAX_ERROR_HEADER_BYTES = 1000
 
 
 @dataclass(frozen=True)
-class Topics:
+class Publishing:
+    """Where results go, and how large a record may be."""
+
     alerts: str
     dlq: str
+    max_alert_bytes: int = 1_000_000
+    max_message_bytes: int = 32 * 1024 * 1024  # the producer's max_request_size
 
 
 @dataclass(frozen=True)
@@ -40,15 +54,22 @@ class Judged:
 
 
 @dataclass(frozen=True)
-class BatchResult:
-    """Everything one batch stores and publishes, and what its metrics count."""
+class EventResult:
+    """What one event stores and publishes."""
 
-    rows: tuple[EventOutcome, ...]
-    outbound: tuple[Outbound, ...]
-    alerts: int
-    reasons: tuple[Reason, ...]  # one per dead letter
-    provenance_alerts: int = 0  # alerts with at least one alerting provenance signal
-    skipped: int = 0  # events scored from a trusted credential, without the models
+    row: EventOutcome
+    outbound: Outbound | None  # its alert or dead letter, if any
+    reason: Reason | None = None  # set for a dead letter
+
+    @property
+    def alerted(self) -> bool:
+        return self.outbound is not None and self.reason is None
+
+
+def clean_text(text: str, limit: int = MAX_ERROR_CHARS) -> str:
+    """Text any database stores: NUL shown as \\x00, lone surrogates replaced, at most `limit`."""
+    text = text[:limit].replace("\x00", "\\x00")
+    return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def stamp(moment: datetime) -> str:
@@ -56,57 +77,112 @@ def stamp(moment: datetime) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def build(judged: Sequence[Judged], topics: Topics, scored_at: datetime) -> BatchResult:
+def build(judged: Sequence[Judged], publishing: Publishing, scored_at: datetime) -> list[EventResult]:
     """An event alerts when a watched model matched it or when one of its provenance signals
     alerts (the policy decided in prepare); the alert's `alerted_by` says which. Provenance rows
     are stored for every event whose image was decoded, whatever its outcome."""
-    rows: list[EventOutcome] = []
-    outbound: list[Outbound] = []
-    reasons: list[Reason] = []
-    alerts = provenance_alerts = skipped = 0
     when = stamp(scored_at)
+    out: list[EventResult] = []
     for item in judged:
         p, m = item.prepared, item.prepared.message
         signals, errors = p.provenance.records() if p.provenance is not None else ((), ())
         if item.attributions is None:
             rejection = item.rejection or p.rejection or Rejection(Reason.INTERNAL, "neither scored nor rejected")
-            reasons.append(rejection.reason)
-            rows.append(EventOutcome(
-                event_id=p.event_id, topic=m.topic, partition=m.partition, offset=m.offset, status="failed",
-                received_at=item.received_at, error=str(rejection)[:MAX_ERROR_CHARS],
-                provenance=signals, provenance_errors=errors,
-            ))
-            outbound.append(dead_letter(p, rejection, topics.dlq, when))
+            result = reject(p, rejection, item.received_at, publishing, when)
+            out.append(replace(result, row=replace(result.row, provenance=signals, provenance_errors=errors)))
             continue
         matches = [Match(a.model, a.score, a.threshold) for a in item.attributions if a.belongs]
         best = best_match(matches)
-        rows.append(EventOutcome(
+        row = EventOutcome(
             event_id=p.event_id, topic=m.topic, partition=m.partition, offset=m.offset, status="scored",
             received_at=item.received_at, scored_at=scored_at, best_match=best.model if best else None,
             attributions=item.attributions, provenance=signals, provenance_errors=errors,
-        ))
+        )
+        alert = None
         provenance = p.provenance
-        skipped += bool(provenance and provenance.scoring_skipped)
         alerted_by = (["aedr"] if best is not None else []) + (["provenance"] if provenance and provenance.alerts else [])
         if alerted_by and p.event is not None:
-            alerts += 1
-            provenance_alerts += "provenance" in alerted_by
-            value = alert_message(p.event, [x.as_dict() for x in matches], best.as_dict() if best else None, when,
-                                  alerted_by, provenance.section() if provenance else None)
-            outbound.append(Outbound(topics.alerts, p.event.event_id.encode(), value))
-    return BatchResult(tuple(rows), tuple(outbound), alerts, tuple(reasons), provenance_alerts, skipped)
+            alert = Outbound(publishing.alerts, p.event.event_id.encode(),
+                             fitted_alert(p.event, matches, best, when, publishing.max_alert_bytes, alerted_by,
+                                          provenance.section() if provenance else None))
+        out.append(EventResult(row, alert))
+    return out
 
 
-def dead_letter(prepared: Prepared, rejection: Rejection, topic: str, when: str) -> Outbound:
-    """The original value and key, unchanged, with the reason in `aedr.*` headers."""
+def reject(prepared: Prepared, rejection: Rejection, received_at: datetime, publishing: Publishing,
+           when: str) -> EventResult:
+    """A `failed` row and a dead letter for an event that will not be scored."""
     m = prepared.message
+    row = EventOutcome(event_id=prepared.event_id, topic=m.topic, partition=m.partition, offset=m.offset,
+                       status="failed", received_at=received_at, error=clean_text(str(rejection)))
     headers = m.headers + (
         ("aedr.reason", rejection.reason.value.encode()),
         ("aedr.error", rejection.message.encode("utf-8", "replace")[:MAX_ERROR_HEADER_BYTES]),
         ("aedr.source", m.source.encode()),
         ("aedr.failed_at", when.encode()),
     )
-    return Outbound(topic, m.key, m.value if m.value is not None else b"", headers)
+    letter = Outbound(publishing.dlq, m.key, m.value, headers)  # a tombstone stays a tombstone
+    if _size(letter) > publishing.max_message_bytes:
+        letter = shrink(letter, dead_letter=True)
+    return EventResult(row, letter, rejection.reason)
+
+
+def fitted_alert(event: UploadEvent, matches: list[Match], best: Match | None, when: str, max_bytes: int,
+                 alerted_by: list[str] | None = None, provenance: dict[str, Any] | None = None) -> bytes:
+    """The alert, with the event's metadata cut to fit `max_bytes` when it does not (the
+    provenance section is bounded at extraction: at most 32 signals and 32 errors)."""
+    args = ([m.as_dict() for m in matches], best.as_dict() if best else None, when, alerted_by, provenance)
+    value = alert_message(event, *args)
+    if len(value) <= max_bytes:
+        return value
+    bare = len(alert_message(replace(event, metadata={}), *args))
+    metadata = fit_metadata(event.metadata, max_bytes - bare - 200)
+    return alert_message(replace(event, metadata=metadata), *args)
+
+
+def fit_metadata(metadata: dict[str, Any], budget: int) -> dict[str, Any]:
+    """The metadata's keys in order while they fit `budget` bytes of JSON; a string that does
+    not fit is cut, anything else is left out; `_aedr_truncated` lists what was cut or left out
+    and the original size."""
+    original = len(json.dumps(metadata, ensure_ascii=False).encode())
+    kept: dict[str, Any] = {}
+    cut: list[str] = []
+    used = 2
+    for key, value in metadata.items():
+        size = len(json.dumps({key: value}, ensure_ascii=False).encode())
+        if used + size <= budget:
+            kept[key] = value
+            used += size
+            continue
+        room = budget - used - len(json.dumps({key: ""}, ensure_ascii=False).encode()) - 8
+        if isinstance(value, str) and room > 0:
+            kept[key] = value.encode()[:room].decode("utf-8", "ignore")
+            used = budget
+        cut.append(key)
+    kept["_aedr_truncated"] = {"keys": cut[:100], "original_bytes": original}
+    return kept
+
+
+def shrink(message: Outbound, dead_letter: bool) -> Outbound:
+    """The same record without its value (a dead letter) or its metadata (an alert), and without
+    a key longer than 1 KiB, marked: what is published when the broker refuses the record as too
+    large."""
+    size = len(message.value or b"")
+    if dead_letter:
+        headers = message.headers + (("aedr.value_dropped", str(size).encode()),)
+        return Outbound(message.topic, message.key if len(message.key or b"") <= 1024 else None, None, headers)
+    alert = json.loads(message.value or b"{}")
+    metadata = alert.get("metadata", {})
+    original = len(json.dumps(metadata, ensure_ascii=False).encode())
+    alert["metadata"] = {"_aedr_truncated": {"keys": list(metadata)[:100], "original_bytes": original}}
+    return Outbound(message.topic, message.key if len(message.key or b"") <= 1024 else None,
+                    json.dumps(alert, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode(),
+                    message.headers)
+
+
+def _size(message: Outbound) -> int:
+    return (len(message.key or b"") + len(message.value or b"")
+            + sum(len(k) + len(v) for k, v in message.headers) + 512)
 
 
 def judge(prepared: Sequence[Prepared], received_at: Sequence[datetime], scores: Sequence[object | None],

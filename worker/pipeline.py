@@ -18,7 +18,9 @@ What the loop owns:
   slows them more than it saves (docs/PERFORMANCE.md);
 - a scorer that cannot score at all (`ScoringUnavailable`: a lost device, broken weights) is
   our fault, not the events': the batch is retried with backoff, nothing is dead-lettered or
-  committed, and readiness fails meanwhile;
+  committed, and readiness fails meanwhile. So is a burst of dead letters when the optional
+  guard (`guard.dead_letter_fraction`) is on. Held longer than `guard.fault_exit_s`, the worker
+  stops with `fault` set, and `aedr serve` exits 1 for the orchestrator to restart it;
 - stopping: what was received is finished and committed within `drain_s`, a hung scorer
   included; the rest is left uncommitted for the next owner.
 
@@ -40,11 +42,11 @@ from typing import Callable
 
 from .clock import Clock
 from .completion import Completing, Completion, offsets_of
-from .config import BatchSettings, RetrySettings
-from .health import Health
+from .config import BatchSettings, GuardSettings, RetrySettings
+from .health import DeadLetterWindow, Health
 from .messages import Consumer, Partition
 from .metrics import Metrics
-from .outcomes import Topics, build
+from .outcomes import Publishing, build
 from .scoring_pool import ScoredBatch, ScoringPool, ScoringUnavailable, Work
 
 log = logging.getLogger(__name__)
@@ -62,16 +64,16 @@ class InFlight:
 
 
 class Worker:
-    def __init__(self, consumer: Consumer, scoring: ScoringPool, completion: Completion, topics: Topics,
+    def __init__(self, consumer: Consumer, scoring: ScoringPool, completion: Completion, publishing: Publishing,
                  batch: BatchSettings, retry: RetrySettings, clock: Clock, metrics: Metrics, health: Health,
                  stop: threading.Event, prepare_executor: Executor | None = None, drain_s: float = 30.0,
-                 wait: Callable[[Future, float], bool] | None = None):
+                 wait: Callable[[Future, float], bool] | None = None, guard: GuardSettings = GuardSettings()):
         self.consumer = consumer
         if batch.inflight < 1 or batch.prepare_threads < 0:
             raise ValueError("pass BatchSettings.resolved(): inflight and prepare_threads must be concrete")
         self.scoring = scoring
         self.completion = completion
-        self.topics = topics
+        self.publishing = publishing
         self.batch = batch
         self.retry = retry
         self.clock = clock
@@ -79,6 +81,10 @@ class Worker:
         self.health = health
         self.stop = stop
         self.drain_s = drain_s
+        self.guard = guard
+        self.fault: str | None = None  # why the worker stopped on a fault of its own
+        self._faulted_since: dict[str, float] = {}  # cause -> since when (clock)
+        self._dead_letters = DeadLetterWindow(guard.dead_letter_window)
         self._prepare_executor = prepare_executor
         # How the loop waits for a scoring thread (tests pass worker.testing.ManualExecutor.wait).
         self._wait = wait or (lambda future, timeout: bool(wait_futures([future], timeout=timeout).done))
@@ -205,19 +211,51 @@ class Worker:
             try:
                 scored: ScoredBatch = batch.scored.result()
             except ScoringUnavailable as exc:
-                batch.attempts += 1
-                batch.scored = None
-                batch.retry_at = self.clock.monotonic() + self.retry.delay(batch.attempts)
-                self.health.scoring(False)
-                log.error("models unavailable (attempt %d): %s; nothing is dead-lettered or committed",
-                          batch.attempts, exc)
-                return False
-            self.health.scoring(True)
+                batch.scored = None  # score it again after the backoff
+                return self._hold(batch, "models", str(exc))
+            self._cleared("models")
+            results = build(scored.judged, self.publishing, self.clock.now())
+            dead = [r.reason is not None for r in results]
+            if self._guard_trips(dead):
+                batch.scored = self.scoring.done(scored)
+                return self._hold(batch, "dead_letters", f"{sum(dead)} of {len(dead)} events in this batch would be "
+                                  f"dead-lettered, over guard.dead_letter_fraction")
+            self._dead_letters.add(dead)
+            self.metrics.dead_letter_fraction.set(self._dead_letters.fraction_with([]))
             self._observe_stages(scored)
-            result = build(scored.judged, self.topics, self.clock.now())
-            batch.completing = Completing(result, offsets_of([w.message for w in batch.items]),
-                                          [w.received for w in batch.items])
+            batch.completing = Completing(results, [j.prepared for j in scored.judged],
+                                          offsets_of([w.message for w in batch.items]), [w.received for w in batch.items])
         return self.completion.attempt(batch.completing)
+
+    def _guard_trips(self, dead: list[bool]) -> bool:
+        limit = self.guard.dead_letter_fraction
+        if not limit or not self._dead_letters.full_with(dead):
+            return False
+        return self._dead_letters.fraction_with(dead) > limit
+
+    def _hold(self, batch: InFlight, cause: str, why: str) -> bool:
+        """A fault of ours: nothing is dead-lettered or committed; retry after a backoff, and
+        stop (for a restart) once it has lasted `guard.fault_exit_s`."""
+        now = self.clock.monotonic()
+        since = self._faulted_since.setdefault(cause, now)
+        self.metrics.faulted.labels(cause).set(1)
+        self.health.scoring(False)
+        batch.attempts += 1
+        batch.retry_at = now + self.retry.delay(batch.attempts)
+        log.error("holding a batch of %d (%s, attempt %d): %s; nothing is dead-lettered or committed",
+                  len(batch.items), cause, batch.attempts, why)
+        if self.guard.fault_exit_s and now - since >= self.guard.fault_exit_s:
+            self.fault = f"{cause}: {why}"
+            log.error("held for %.0f s (guard.fault_exit_s): stopping for a restart", now - since)
+            self.stop.set()
+        return False
+
+    def _cleared(self, cause: str) -> None:
+        if self._faulted_since.pop(cause, None) is not None:
+            self.metrics.faulted.labels(cause).set(0)
+            log.info("%s: recovered", cause)
+        if not self._faulted_since:
+            self.health.scoring(True)
 
     def _observe_stages(self, scored: ScoredBatch) -> None:
         for j in scored.judged:

@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -39,7 +40,7 @@ from .storage import ProvenanceErrorRecord, ProvenanceRecord
 
 if TYPE_CHECKING:
     from .metrics import Metrics
-    from .outcomes import BatchResult
+    from .outcomes import EventResult
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +67,12 @@ class Findings:
         """The alert's `provenance` section (and `aedr score`'s provenance line): the signals that
         raise the alert, the others as evidence, and the kinds that could not be read."""
         pairs = list(zip(self.result.signals, self.alerting))
-        return {
+        return _json_safe({
             "alerting": [s.as_dict() for s, a in pairs if a],
             "evidence": [s.as_dict() for s, a in pairs if not a],
             "errors": [_error_dict(e) for e in self.result.errors],
             "scoring_skipped": self.scoring_skipped,
-        }
+        })
 
     def records(self) -> tuple[tuple[ProvenanceRecord, ...], tuple[ProvenanceErrorRecord, ...]]:
         """The rows of provenance_signals and provenance_errors, cleaned for any database: no
@@ -148,16 +149,20 @@ def check_libraries(settings: ProvenanceSettings) -> None:
                 f"install it, or leave {kind!r} out of provenance.kinds") from None
 
 
-def count_provenance(metrics: Metrics, result: BatchResult) -> None:
+def count_provenance(metrics: Metrics, results: Sequence[EventResult]) -> None:
     """Count a committed batch's provenance: signals by kind and strength, errors by kind and
-    reason, provenance alerts and skipped reconstructions."""
-    for row in result.rows:
+    reason, alerts a provenance signal raised, and skipped reconstructions (a scored event with
+    no attributions: the watchlist is never empty, so only the skip rule makes one)."""
+    for r in results:
+        row = r.row
         for signal in row.provenance:
             metrics.provenance_signals.labels(signal.kind, signal.strength).inc()
         for error in row.provenance_errors:
             metrics.provenance_errors.labels(error.kind, error.reason).inc()
-    metrics.provenance_alerts.inc(result.provenance_alerts)
-    metrics.provenance_skips.inc(result.skipped)
+        if r.alerted and any(signal.alerted for signal in row.provenance):
+            metrics.provenance_alerts.inc()
+        if r.reason is None and row.status == "scored" and not row.attributions:
+            metrics.provenance_skips.inc()
 
 
 def _clean(text: str | None, limit: int) -> str | None:
@@ -170,10 +175,27 @@ def _clean(text: str | None, limit: int) -> str | None:
     return text[:limit]
 
 
+def _json_safe(value: Any) -> Any:
+    """`value` as strict JSON takes it, whatever a file put in it: strings valid UTF-8 (a lone
+    surrogate replaced; alerts are encoded as UTF-8 and would fail on one), floats finite (NaN and
+    infinities become null), keys strings, anything else its str()."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "replace").decode("utf-8")
+    if isinstance(value, bool) or value is None or isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {_json_safe(str(k)): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return _json_safe(str(value))
+
+
 def _detail_json(detail: dict[str, Any]) -> str:
-    """JSON text with every non-ASCII character escaped (so NULs and lone surrogates are safe),
-    or a short marker when it would be larger than MAX_DETAIL_CHARS."""
-    text = json.dumps(detail, sort_keys=True, separators=(",", ":"), default=str)
+    """JSON text with every non-ASCII character escaped (so NULs are safe too), or a short marker
+    when it would be larger than MAX_DETAIL_CHARS."""
+    text = json.dumps(_json_safe(detail), sort_keys=True, separators=(",", ":"), allow_nan=False)
     if len(text) > MAX_DETAIL_CHARS:
         return json.dumps({"truncated": True, "chars": len(text)})
     return text

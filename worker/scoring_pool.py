@@ -4,16 +4,19 @@ isolation of an image that makes a model fail.
 A batch goes to the scorers in turn. On its thread it is prepared (unless a prepare pool already
 did it), scored through every watched model, and judged by the same scorer that scored it, so
 verdicts and thresholds always come from one watchlist. A batch that raises is split in halves
-until the failing images are found; the rest of the batch is scored. When every image fails
-alone, a known-good probe image decides whose fault it is: if the probe fails too, the model or
-device is broken (`ScoringUnavailable`: nothing is dead-lettered, the loop backs off and
-retries); if the probe scores, the images are poison and are rejected with `Reason.INTERNAL`,
-never blamed on the upload as a decode error.
+until the failing images are found; the rest of the batch is scored. Then a known-good probe image
+decides whose fault it is: if the probe fails too, the model or device is broken
+(`ScoringUnavailable`: nothing is dead-lettered, the loop backs off and retries the batch). If the
+probe scores, each failing image is tried once more, alone (a fault that has just passed blames
+nothing), and those that fail again are poison: rejected with `Reason.INTERNAL`, never blamed on
+the upload as a decode error. A model that gives NaN or inf for an image is treated like one that
+raises.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -77,7 +80,10 @@ def score_isolating(scorer: Scorer, prepared: Sequence[Prepared]) -> tuple[list[
     def attempt(indices: list[int]) -> None:
         try:
             for i, s in zip(indices, scorer.score([prepared[i].image for i in indices])):
-                out[i] = s
+                if all(math.isfinite(x) for score in s for x in (score.loss1, score.loss2, score.score)):
+                    out[i] = s
+                else:  # never stored as NaN: a database would refuse it, or worse, keep it
+                    failures[i] = Rejection(Reason.INTERNAL, "the models gave a non-finite score")
         except Exception as exc:
             if len(indices) == 1:
                 failures[indices[0]] = Rejection(Reason.INTERNAL, f"scoring failed: {type(exc).__name__}: {exc}"[:300])
@@ -89,12 +95,17 @@ def score_isolating(scorer: Scorer, prepared: Sequence[Prepared]) -> tuple[list[
 
     if valid:
         attempt(valid)
-    if valid and len(failures) == len(valid):
+    if failures:  # a known-good image tells whether the models can score at all
         try:
             scorer.probe()
         except Exception as exc:
-            raise ScoringUnavailable(f"the models fail on every image, a known-good probe too: {exc}") from exc
-        log.error("%d image(s) made the models fail; the probe scores: rejecting them", len(failures))
+            raise ScoringUnavailable(f"the models fail, on a known-good probe image too: {exc}") from exc
+        again = sorted(failures)  # they work now: once more each, so a fault that has passed blames nothing
+        failures.clear()
+        for i in again:
+            attempt([i])
+        if failures:
+            log.error("%d image(s) made the models fail while a probe image scores: rejecting them", len(failures))
     return out, failures
 
 
@@ -135,6 +146,13 @@ class ScoringPool:
         scores, failures = score_isolating(scorer, prepared)
         score_s = time.perf_counter() - started if any(p.image is not None for p in prepared) else 0.0
         return ScoredBatch(judge(prepared, [w.received_at for w in items], scores, failures, scorer.verdicts), score_s)
+
+    @staticmethod
+    def done(scored: ScoredBatch) -> Future:
+        """A finished future holding `scored` (a held batch is not scored again)."""
+        future: Future = Future()
+        future.set_result(scored)
+        return future
 
     def close(self) -> None:
         for executor in self._executors or []:

@@ -25,12 +25,12 @@ from .fetch import Fetcher
 from .health import Health
 from .kafka_io import LoggingListener, make_consumer, make_producer
 from .metrics import Metrics, MetricsServer
-from .outcomes import Topics
+from .outcomes import Publishing
 from .pipeline import Worker
 from .prepare import prepare
 from .provenance_step import load as load_provenance
 from .scoring_pool import ScoringPool
-from .storage import SqlStore
+from .storage import SqlStore, reaching
 from .watchlist import LoadInterrupted, Watchlist
 
 log = logging.getLogger(__name__)
@@ -63,8 +63,10 @@ class Service:
     worker: Worker
     closers: tuple[Callable[[], None], ...]  # in the order they run: the reverse of opening
 
-    def run(self, until: Callable[[], bool] | None = None) -> None:
+    def run(self, until: Callable[[], bool] | None = None) -> int:
+        """Run until stopped; 0, or 1 when the worker stopped on a fault of its own."""
         self.worker.run(until)
+        return 1 if self.worker.fault else 0
 
     def close(self) -> None:
         self.worker.stop.set()
@@ -112,8 +114,10 @@ def _build(settings: Settings, stop: threading.Event, registry: CollectorRegistr
     if provenance.enabled and "c2pa" in settings.provenance.kinds and provenance.anchors.count == 0:
         log.warning("provenance: no trust anchors (provenance.trust_anchor_paths): no C2PA credential can be trusted, "
                     "so none alerts by default")
-    store = SqlStore.from_url(database_url)
-    opened.append(store.close)
+    with reaching(database_url):
+        store = SqlStore.from_url(database_url)
+        opened.append(store.close)
+        store.ping()  # fail fast, in one line, when the database is not there
     scoring = settings.scoring
     scorers = [Watchlist.load(settings.watchlist, device, scoring.batch_size, scoring.compile, scoring.channels_last,
                               scoring.max_batch_pixels, interrupted=stop.is_set)
@@ -123,7 +127,8 @@ def _build(settings: Settings, stop: threading.Event, registry: CollectorRegistr
     log.info("watchlist: %s; %d scorer(s) on %s",
              ", ".join(f"{e.name} (τ={e.threshold:.4g})" for e in watchlist.entries), len(scorers),
              ", ".join(str(w.entries[0].model.device) for w in scorers))
-    store.record_calibrations(watchlist.calibration_records())
+    with reaching(database_url):
+        store.record_calibrations(watchlist.calibration_records())
     batch = settings.batch.resolved(on_gpu=watchlist.entries[0].model.device.type == "cuda")
     fetcher = Fetcher(settings.fetch, settings.images.max_bytes)
     pool = ScoringPool(scorers, lambda message, scorer: prepare(message, fetcher, settings.images, scorer.prepare,
@@ -133,13 +138,15 @@ def _build(settings: Settings, stop: threading.Event, registry: CollectorRegistr
                     if batch.prepare_threads > 0 else None)
     if prepare_pool is not None:
         opened.append(partial(prepare_pool.shutdown, wait=False, cancel_futures=True))
-    consumer = make_consumer(settings.kafka, LoggingListener())
+    consumer = make_consumer(settings.kafka, LoggingListener())  # raises ServiceUnavailable, one line
     opened.append(consumer.close)
     producers = ProducerSlot(partial(make_producer, settings.kafka))
     opened.append(partial(producers.close, timeout_s=10))
     clock = SystemClock()
-    completion = Completion(store, producers, consumer, metrics, clock, health, settings.retry)
-    worker = Worker(consumer, pool, completion, Topics(settings.kafka.alerts_topic, settings.kafka.dlq_topic), batch,
-                    settings.retry, clock, metrics, health, stop, prepare_pool)
+    kafka = settings.kafka
+    publishing = Publishing(kafka.alerts_topic, kafka.dlq_topic, kafka.max_alert_bytes, kafka.max_request_size)
+    completion = Completion(store, producers, consumer, metrics, clock, health, publishing, settings.retry)
+    worker = Worker(consumer, pool, completion, publishing, batch, settings.retry, clock, metrics, health, stop,
+                    prepare_pool, guard=settings.guard)
     health.loaded()
     return Service(settings, metrics, health, server, store, watchlist, worker, tuple(reversed(opened)))

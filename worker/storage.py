@@ -10,11 +10,12 @@ module: callers pass and get plain dataclasses.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 from sqlalchemy import (
     BigInteger,
@@ -33,6 +34,8 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from .errors import ServiceUnavailable
 
 def migrations_dir() -> Path:
     """migrations/ beside the package (a checkout), or AEDR_MIGRATIONS_DIR (an installed image)."""
@@ -123,6 +126,10 @@ class Store(Protocol):
 
     def ping(self) -> None:
         """Raise if the store cannot be reached."""
+
+    def is_data_error(self, exc: Exception) -> bool:
+        """Whether `exc` from `save` means the database refused the rows themselves (so storing
+        them again cannot help), rather than being unreachable or broken."""
 
 
 # ---------------------------------------------------------------- SQLAlchemy
@@ -277,6 +284,15 @@ class SqlStore:
         with self.engine.connect() as conn:
             conn.execute(text("SELECT 1"))
 
+    def is_data_error(self, exc: Exception) -> bool:
+        from sqlalchemy.exc import DataError, IntegrityError, StatementError
+
+        if isinstance(exc, (DataError, IntegrityError)):
+            return True
+        if isinstance(exc, StatementError):  # the driver refused a value (e.g. a NUL in a string)
+            return isinstance(exc.orig, ValueError)
+        return isinstance(exc, ValueError)  # psycopg2 raises it directly (execute_values) for such values
+
     # Read side, for the demo, tests and operators' scripts.
     def events(self) -> list[dict[str, Any]]:
         return self._all(_EventRow)
@@ -315,6 +331,7 @@ class MemoryStore:
     calibration_rows: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     saves: int = 0
     fail_next: int = 0
+    refuse: Callable[[EventOutcome], bool] = lambda outcome: False  # rows refused as data (ValueError)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def save(self, outcomes: Sequence[EventOutcome]) -> None:
@@ -322,6 +339,9 @@ class MemoryStore:
             if self.fail_next:
                 self.fail_next -= 1
                 raise ConnectionError("memory store: simulated outage")
+            refused = [o.event_id for o in outcomes if self.refuse(o)]
+            if refused:
+                raise ValueError(f"memory store: rows refused as data: {refused[:3]}")
             self.saves += 1
             for o in outcomes:
                 self.outcomes.setdefault(o.event_id, o)
@@ -335,6 +355,9 @@ class MemoryStore:
     def ping(self) -> None:
         if self.fail_next:
             raise ConnectionError("memory store: simulated outage")
+
+    def is_data_error(self, exc: Exception) -> bool:
+        return isinstance(exc, ValueError)
 
     def events(self) -> list[dict[str, Any]]:
         with self._lock:
@@ -363,6 +386,24 @@ class MemoryStore:
 
     def close(self) -> None:
         pass
+
+
+@contextlib.contextmanager
+def reaching(url: str) -> Iterator[None]:
+    """Turn a database that cannot be used at start-up into one clear line: a URL that is not a
+    database URL is a configuration error; a server that cannot be reached is `ServiceUnavailable`
+    (the URL is shown with its password masked)."""
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+
+    from .config import ConfigError, mask_url
+
+    try:
+        yield
+    except (ArgumentError, NoSuchModuleError) as exc:
+        raise ConfigError(f"database URL {mask_url(url)} is not usable: {str(exc).splitlines()[0][:200]}") from None
+    except OperationalError as exc:
+        first = str(exc.orig or exc).strip().splitlines()
+        raise ServiceUnavailable(f"database {mask_url(url)} cannot be reached: {(first or ['?'])[0][:300]}") from None
 
 
 def upgrade(url: str, revision: str = "head") -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Collection, Mapping, Sequence
 
-from .messages import Headers, Message, Outbound, Partition
+from .messages import Headers, Message, Outbound, Partition, PublishError
 
 
 class FakeClock:
@@ -101,10 +101,6 @@ class _Record:
     timestamp_ms: int
 
 
-class PublishFailed(ConnectionError):
-    """The fake broker did not acknowledge."""
-
-
 class CommitFailed(RuntimeError):
     """The fake group refused the commit (as after a rebalance)."""
 
@@ -148,8 +144,8 @@ class FakeBroker:
     def consumer(self, topic: str, group: str, listener: Any = None) -> "FakeConsumer":
         return FakeConsumer(self, topic, group, listener)
 
-    def producer(self) -> "FakeProducer":
-        return FakeProducer(self)
+    def producer(self, max_request_size: int = 32 * 1024 * 1024) -> "FakeProducer":
+        return FakeProducer(self, max_request_size)
 
 
 class FakeConsumer:
@@ -225,10 +221,13 @@ class FakeConsumer:
 
 
 class FakeProducer:
-    """A `Producer` on a `FakeBroker`; `fail_next` makes the next N publishes fail."""
+    """A `Producer` on a `FakeBroker`. A record over `max_request_size` (key, value and headers)
+    is refused as too large, as kafka-python's client does; `fail_next` makes the next N
+    publishes fail as a broker that does not answer."""
 
-    def __init__(self, broker: FakeBroker):
+    def __init__(self, broker: FakeBroker, max_request_size: int = 32 * 1024 * 1024):
         self.broker = broker
+        self.max_request_size = max_request_size
         self.fail_next = 0
         self.published: list[Outbound] = []
         self.closed = False
@@ -236,10 +235,17 @@ class FakeProducer:
     def publish(self, messages: Sequence[Outbound], timeout_s: float) -> None:
         if self.fail_next:
             self.fail_next -= 1
-            raise PublishFailed("fake broker did not acknowledge")
-        for m in messages:
+            raise PublishError({i: "error" for i in range(len(messages))}, "fake broker did not acknowledge")
+        failed: dict[int, str] = {}
+        for i, m in enumerate(messages):
+            size = len(m.key or b"") + len(m.value or b"") + sum(len(k) + len(v) for k, v in m.headers)
+            if size > self.max_request_size:
+                failed[i] = "too_large"
+                continue
             self.broker.produce(m.topic, m.value, m.key, m.headers)
             self.published.append(m)
+        if failed:
+            raise PublishError(failed, f"{len(failed)} record(s) larger than {self.max_request_size} bytes")
 
     def close(self, timeout_s: float = 0) -> None:
         self.closed = True

@@ -14,7 +14,7 @@ import pytest
 
 from worker.config import KafkaSettings
 from worker.kafka_io import LoggingListener, ensure_topics, make_consumer, make_producer
-from worker.messages import Consumer, Message, Outbound, Partition, Producer
+from worker.messages import Consumer, Message, Outbound, Partition, Producer, PublishError
 from worker.testing import FakeBroker
 
 
@@ -23,14 +23,15 @@ class Backend:
     name: str
     create_topic: Callable[[str, int], None]
     consumer: Callable[[str, str], Consumer]
-    producer: Callable[[], Producer]
+    producer: Callable[..., Producer]
 
 
 @pytest.fixture(params=["fake", "kafka"])
 def backend(request):
     if request.param == "fake":
         broker = FakeBroker()
-        yield Backend("fake", broker.create_topic, lambda topic, group: broker.consumer(topic, group), broker.producer)
+        yield Backend("fake", broker.create_topic, lambda topic, group: broker.consumer(topic, group),
+                      lambda max_request_size=32 << 20: broker.producer(max_request_size))
         return
     bootstrap = request.getfixturevalue("broker").bootstrap
     opened: list = []
@@ -41,8 +42,8 @@ def backend(request):
         opened.append(c)
         return c
 
-    def producer() -> Producer:
-        p = make_producer(KafkaSettings(bootstrap_servers=bootstrap))
+    def producer(max_request_size: int = 32 << 20) -> Producer:
+        p = make_producer(KafkaSettings(bootstrap_servers=bootstrap, max_request_size=max_request_size))
         opened.append(p)
         return p
 
@@ -131,3 +132,15 @@ def test_a_new_member_resumes_from_the_committed_offsets(backend):
     for tp, offset in commit.items():
         assert min(m.offset for m in again if m.tp == tp) == offset
     assert {(m.tp, m.offset) for m in again} == {(m.tp, m.offset) for m in got if m.offset >= commit[m.tp]}
+
+
+def test_a_record_over_the_size_limit_is_named_and_the_others_are_published(backend):
+    topic = topic_name()
+    backend.create_topic(topic, 1)
+    producer = backend.producer(max_request_size=20_000)
+    messages = [Outbound(topic, b"a", b"small"), Outbound(topic, b"b", b"x" * 50_000), Outbound(topic, b"c", b"small too")]
+    with pytest.raises(PublishError) as info:
+        producer.publish(messages, timeout_s=30)
+    assert info.value.failed == {1: "too_large"}
+    got = poll_until(backend.consumer(topic, f"g-{topic}"), 2)
+    assert sorted(m.value for m in got) == [b"small", b"small too"]

@@ -16,7 +16,10 @@ from collections import Counter
 
 from tests.integration.conftest import (
     http_status as status,
+    Produced,
     ServeLauncher,
+    assert_nothing_lost_or_duplicated,
+    delivery,
     assert_committed_work_is_stored,
     make_corpus,
     produce,
@@ -31,22 +34,12 @@ MODELS = ["kl-f4c4", "vq-f4"]
 SEED = int(os.environ.get("AEDR_FAULT_SEED", "20261128"))
 
 
-def check_exactly_once(store: SqlStore, corpus, topic: str) -> dict[str, int]:
-    """Every produced event: one events row; every valid one: one attribution per model."""
-    events = [e for e in store.events() if e["topic"] == topic]
-    rows = store.attributions()
-    n = len(corpus.values)
-    assert len(events) == n, f"{len(events)} events rows for {n} produced"
-    per_event = Counter(r["event_id"] for r in rows if r["event_id"] in corpus.images)
-    assert per_event == Counter({e: len(MODELS) for e in corpus.images})
-    failed = [e for e in events if e["status"] == "failed"]
-    assert len(failed) == len(corpus.broken)
-    return {"produced": n, "stored": len(events), "lost": n - len(events), "duplicated": 0,
-            "dead_lettered": len(failed)}
-
-
 def scrape(port: int) -> str:
-    return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    """The worker's /metrics text, or "" while it is not answering yet."""
+    try:
+        return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    except OSError:
+        return ""
 
 
 
@@ -60,9 +53,10 @@ def test_kill9_at_random_points(broker, pg_url, tmp_path):
     dep = ServeLauncher(broker.bootstrap, pg_url, tmp_path, MODELS, max_size=8)
     store = SqlStore.from_url(pg_url)
     kills_mid_processing = 0
+    produced = Produced()
     try:
         for i in range(trials):
-            produce(broker.bootstrap, dep.topic, corpus, slice(bounds[i], bounds[i + 1]))
+            produce(broker.bootstrap, dep.topic, corpus, slice(bounds[i], bounds[i + 1]), produced)
             proc = dep.start().proc
             before = store.count_events()
             wait_for(lambda: store.count_events() > before or proc.poll() is not None, 120,
@@ -75,13 +69,13 @@ def test_kill9_at_random_points(broker, pg_url, tmp_path):
             assert_committed_work_is_stored(store, broker.bootstrap, f"g-{dep.topic}", dep.topic)
         dep.start()
         wait_for(lambda: store.count_events() == n, 240, "every event after the last restart", diagnostics=dep.logs)
-        figures = check_exactly_once(store, corpus, dep.topic)
+        figures = delivery(store, broker.bootstrap, dep, produced.positions, len(MODELS), produced.valid)
+        assert_nothing_lost_or_duplicated(figures)
         matched = {r["event_id"] for r in store.attributions() if r["belongs"]}
         alerts = [json.loads(r.value)["event_id"] for r in read_topic(broker.bootstrap, dep.alerts, len(matched), 60)]
         assert set(alerts) == matched  # alerts may repeat (at least once), never for another event
         record({"fault": "kill -9 at random points", "seed": SEED, "trials": trials,
-                "kills_mid_processing": kills_mid_processing, "restarts": trials + 1, **figures,
-                "alerts_published": len(alerts), "alerts_distinct": len(set(alerts))})
+                "kills_mid_processing": kills_mid_processing, "restarts": trials + 1, **figures})
     finally:
         dep.stop_all()
         store.close()
@@ -96,7 +90,8 @@ def test_database_outage(broker, pg_url, tmp_path):
     n = len(corpus.values)
     dep = ServeLauncher(broker.bootstrap, via_proxy, tmp_path, MODELS, max_size=8)  # retries back off to 10 s
     store = SqlStore.from_url(pg_url)  # the test reads the database directly
-    produce(broker.bootstrap, dep.topic, corpus)
+    produced = Produced()
+    produce(broker.bootstrap, dep.topic, corpus, produced=produced)
     serve = dep.start()
     proc, port = serve.proc, serve.metrics_port
     try:
@@ -119,7 +114,8 @@ def test_database_outage(broker, pg_url, tmp_path):
         errors = [line for line in scrape(port).splitlines() if line.startswith("aedr_store_errors_total ")]
         store_errors = float(errors[0].split()[1])
         assert store_errors > 0
-        figures = check_exactly_once(store, corpus, dep.topic)
+        figures = delivery(store, broker.bootstrap, dep, produced.positions, len(MODELS), produced.valid)
+        assert_nothing_lost_or_duplicated(figures)
         record({"fault": f"database unreachable {outage_s:.0f} s", "seed": SEED, "trials": 1, "restarts": 0,
                 "stored_when_cut": at_cut, "store_retries": store_errors, **figures})
     finally:
@@ -144,7 +140,8 @@ def test_broker_unreachable_mid_stream(pg_url, tmp_path):
         n = len(corpus.values)
         dep = ServeLauncher(bootstrap, pg_url, tmp_path, MODELS, max_size=8)
         store = SqlStore.from_url(pg_url)
-        produce(bootstrap, dep.topic, corpus, slice(0, n // 2))
+        produced = Produced()
+        produce(bootstrap, dep.topic, corpus, slice(0, n // 2), produced)
         proc = dep.start().proc
         try:
             wait_for(lambda: store.count_events() >= 20, 120, "processing to start", diagnostics=dep.logs)
@@ -153,12 +150,13 @@ def test_broker_unreachable_mid_stream(pg_url, tmp_path):
             time.sleep(down_s)
             assert proc.poll() is None, dep.logs()
             proxy.restore()
-            produce(bootstrap, dep.topic, corpus, slice(n // 2, n))  # the stream goes on after the restart
+            produce(bootstrap, dep.topic, corpus, slice(n // 2, n), produced)  # the stream goes on
             wait_for(lambda: store.count_events() == n, 240, "every event after the broker came back",
                      diagnostics=dep.logs)
             assert proc.poll() is None  # reconnected by itself
             assert_committed_work_is_stored(store, bootstrap, f"g-{dep.topic}", dep.topic)
-            figures = check_exactly_once(store, corpus, dep.topic)
+            figures = delivery(store, bootstrap, dep, produced.positions, len(MODELS), produced.valid)
+            assert_nothing_lost_or_duplicated(figures)
             record({"fault": f"broker unreachable {down_s:.0f} s (connections cut)", "seed": SEED, "trials": 1,
                     "restarts": 0, "stored_when_cut": at_cut, **figures})
         finally:
@@ -198,10 +196,67 @@ def test_broker_process_restart(pg_url, tmp_path):
         assert all(per2[p] < per1[p] for p in per2), "test set-up: wave 2 must be smaller per partition"
         wait_for(lambda: store.count_events() == n, 240, "wave 2 after the broker restart", diagnostics=dep.logs)
         assert proc.poll() is None, dep.logs()  # reconnected by itself
-        figures = check_exactly_once(store, corpus, dep.topic)
+        figures = delivery(store, second.bootstrap, dep, [], len(MODELS), by_event_id=[e.event_id for e in corpus.events])
+        assert_nothing_lost_or_duplicated(figures, alerts=False)  # wave 1's alerts left with the first broker
         record({"fault": "broker process restarted (between waves; memory storage)", "seed": SEED, "trials": 1,
                 "restarts": 0, **figures})
     finally:
         dep.stop_all()
         store.close()
         (second or first).stop()
+
+
+def test_models_that_fail_on_every_call_are_our_fault(broker, pg_url, tmp_path):
+    """A model whose every forward pass fails (NaN weights: it loads, and gives NaN): nothing is
+    dead-lettered or committed, /readyz is 503, and after guard.fault_exit_s the worker exits 1
+    for a restart. A worker with a good model then stores every event."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from worker.harness import committed_offsets
+    from worker.models import load_autoencoder
+    from worker.zoo import zoo_model
+
+    good = zoo_model("kl-f4c4")
+    broken_dir = tmp_path / "nan-model"
+    shutil.copytree(good.path, broken_dir)
+    weights = broken_dir / "diffusion_pytorch_model.safetensors"
+    save_file({k: torch.full_like(v, float("nan")) for k, v in load_file(weights).items()}, weights)
+    calibration = json.loads(good.calibration_path.read_text())
+    calibration["weights_sha256"] = load_autoencoder(str(broken_dir), device="cpu").weights_sha256
+    (tmp_path / "nan.json").write_text(json.dumps(calibration))
+    corpus = make_corpus(["kl-f4c4"], per_model=12, real=12, seed=SEED % 1000 + 4, with_broken=False)
+    exit_s = 20.0
+    dep = ServeLauncher(broker.bootstrap, pg_url, tmp_path, [("kl-f4c4", str(broken_dir), str(tmp_path / "nan.json"))],
+                        max_size=8, sections={"guard": {"fault_exit_s": exit_s}})
+    produced = Produced()
+    produce(broker.bootstrap, dep.topic, corpus, produced=produced)
+    store = SqlStore.from_url(pg_url)
+    serve = dep.start()
+    try:
+        wait_for(lambda: 'aedr_faulted{cause="models"} 1.0' in scrape(serve.metrics_port), 120,
+                 "the worker to hold its batch", diagnostics=dep.logs)
+        held_at = time.monotonic()
+        assert status(serve.metrics_port, "/readyz") == 503
+        code = serve.proc.wait(timeout=exit_s + 60)
+        held_s = time.monotonic() - held_at
+        assert code == 1, dep.logs()
+        assert "aedr: error: stopped on a fault of its own" in serve.log()
+        assert store.count_events() == 0  # nothing stored, nothing dead-lettered, nothing committed
+        assert read_topic(broker.bootstrap, dep.dlq, 0, timeout_s=5) == []
+        assert committed_offsets(broker.bootstrap, dep.group, dep.topic) == {}
+        fixed = ServeLauncher(broker.bootstrap, pg_url, tmp_path, ["kl-f4c4"], topic=dep.topic, max_size=8)
+        fixed.start()
+        wait_for(lambda: store.count_events() == len(corpus.values), 180, "a good model to store every event",
+                 diagnostics=fixed.logs)
+        dep.processes += fixed.processes  # one record of both workers' processing
+        figures = delivery(store, broker.bootstrap, dep, produced.positions, 1, produced.valid)
+        assert_nothing_lost_or_duplicated(figures)
+        record({"fault": "models fail on every call (NaN weights), then a good model", "seed": SEED, "trials": 1,
+                "restarts": 1, "held_seconds_before_exit": round(held_s, 1), "exit_status": code,
+                "dead_lettered_while_held": 0, **figures})
+    finally:
+        dep.stop_all()
+        store.close()

@@ -11,7 +11,17 @@ from collections import Counter
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.conftest import ServeLauncher, make_corpus, produce, read_topic, record, wait_for
+from tests.integration.conftest import (
+    Produced,
+    ServeLauncher,
+    assert_nothing_lost_or_duplicated,
+    delivery,
+    make_corpus,
+    produce,
+    read_topic,
+    record,
+    wait_for,
+)
 from tests.integration.conftest import http_status as status
 from worker.calibration import Calibration
 from worker.models import load_autoencoder
@@ -145,26 +155,29 @@ def test_second_worker_joining_and_leaving_loses_and_duplicates_nothing(broker, 
     waves = [slice(0, n // 3), slice(n // 3, 2 * n // 3), slice(2 * n // 3, n)]
     dep = ServeLauncher(broker.bootstrap, pg_url, tmp_path, MODELS, max_size=4)
     store = SqlStore.from_url(pg_url)
+    produced = Produced()
     try:
-        produce(broker.bootstrap, dep.topic, corpus, waves[0])
+        produce(broker.bootstrap, dep.topic, corpus, waves[0], produced)
         dep.start()
         wait_for(lambda: store.count_events() >= 8, 120, "the first worker to score", diagnostics=dep.logs)
         second_serve = dep.start()
         second = second_serve.proc
         wait_for(lambda: re.search(r"assigned [1-9]", second_serve.log()), 120,
                  "the second worker to get partitions", diagnostics=dep.logs)
-        produce(broker.bootstrap, dep.topic, corpus, waves[1])
+        produce(broker.bootstrap, dep.topic, corpus, waves[1], produced)
         wait_for(lambda: store.count_events() >= 2 * n // 3 - 10, 180, "the second wave, with two workers",
                  diagnostics=dep.logs)
-        produce(broker.bootstrap, dep.topic, corpus, waves[2])
+        produce(broker.bootstrap, dep.topic, corpus, waves[2], produced)
         second.send_signal(signal.SIGTERM)  # leaves mid-stream: its partitions go back to the first
         assert second.wait(timeout=60) == 0, dep.logs()
         wait_for(lambda: store.count_events() == n, 180, "all events", diagnostics=dep.logs)
         rows = store.attributions()
         assert Counter(r["event_id"] for r in rows) == Counter({e: len(MODELS) for e in corpus.images})
         assert len(store.events()) == n
+        figures = delivery(store, broker.bootstrap, dep, produced.positions, len(MODELS), produced.valid)
+        assert_nothing_lost_or_duplicated(figures)
         record({"fault": "rebalance: a second worker joins, then leaves, mid-stream", "seed": 3, "trials": 1,
-                "produced": n, "stored": n, "lost": 0, "duplicated": 0, "dead_lettered": 0, "restarts": 0})
+                "restarts": 0, **figures})
     finally:
         dep.stop_all()
         store.close()

@@ -10,6 +10,7 @@ import pytest
 
 from worker.config import FetchSettings
 from worker.events import InvalidEvent
+from tests.servers import RawServer
 from worker.fetch import Fetcher
 
 BODY = b"\x89PNG fake image bytes" * 10
@@ -127,3 +128,58 @@ def test_file_urls_only_under_the_root(tmp_path):
     assert reason_of(f, (tmp_path / "secret.txt").as_uri()) == "fetch"
     assert reason_of(f, f"file://{root}/../secret.txt") == "fetch"
     assert reason_of(Fetcher(FetchSettings(allowed_schemes=("file",)), 100_000), (root / "a.png").as_uri()) == "fetch"
+
+
+@pytest.mark.parametrize("name, script", [
+    ("slow status line and headers", [(bytes([b]), 0.3) for b in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 200]),
+    ("slow chunk-size line", [(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", 0.0)]
+     + [(b"1", 0.3)] * 200),
+])
+def test_the_deadline_covers_headers_and_chunks_not_only_the_body(name, script):
+    server = RawServer(script)
+    try:
+        started = time.monotonic()
+        with pytest.raises(InvalidEvent) as info:
+            fetcher(timeout_s=1.0).fetch(f"http://127.0.0.1:{server.port}/x.png")
+        assert info.value.reason == "fetch" and "longer than 1.0 s" in str(info.value)
+        assert time.monotonic() - started < 2.0
+    finally:
+        server.close()
+
+
+def test_a_bare_image_instead_of_http_is_a_fetch_error():
+    server = RawServer([(b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x00" + b"\x00" * 64, 0.0)])
+    try:
+        with pytest.raises(InvalidEvent) as info:
+            fetcher().fetch(f"http://127.0.0.1:{server.port}/x.jpg")
+        assert info.value.reason == "fetch"
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize("url", [
+    "http://127.0.0.1:99999/x.png", "http://127.0.0.1:port/x.png", "http://[::1", "http://127.0.0.1:8/\x00.png",
+])
+def test_malformed_urls_are_fetch_errors(url):
+    assert reason_of(fetcher(), url) == "fetch"
+
+
+def test_file_urls_read_only_regular_files_without_blocking(tmp_path):
+    import os
+
+    root = tmp_path / "uploads"
+    root.mkdir()
+    os.mkfifo(root / "fifo.png")  # opening a FIFO for reading would block until a writer comes
+    (root / "loop-a").symlink_to(root / "loop-b")
+    (root / "loop-b").symlink_to(root / "loop-a")
+    (root / "zero.png").symlink_to("/dev/zero")
+    (root / "non-ascii é.png").write_bytes(BODY)
+    f = Fetcher(FetchSettings(allowed_schemes=("file",), file_root=str(root), timeout_s=1.0), 100_000)
+    started = time.monotonic()
+    assert reason_of(f, (root / "fifo.png").as_uri()) == "fetch"
+    assert reason_of(f, (root / "loop-a").as_uri()) == "fetch"
+    assert reason_of(f, (root / "zero.png").as_uri()) == "fetch"  # resolves outside the root
+    assert reason_of(f, f"file://{root}/a\x00.png") == "fetch"
+    assert reason_of(f, f"file://{root}") == "fetch"  # a directory
+    assert time.monotonic() - started < 1.0
+    assert f.fetch((root / "non-ascii é.png").as_uri()) == BODY

@@ -80,3 +80,24 @@ def test_byte_limit():
     with pytest.raises(ImageError) as info:
         decode_image(data, ImageSettings(max_bytes=len(data) - 1))
     assert info.value.reason == Reason.TOO_LARGE
+
+
+def ico_embedding(png: bytes) -> bytes:
+    """An ICO whose one entry (declared 256×256) is an embedded PNG of any real size."""
+    import struct
+
+    header = struct.pack("<HHH", 0, 1, 1)
+    entry = struct.pack("<BBBBHHII", 0, 0, 0, 0, 1, 32, len(png), 6 + 16)
+    return header + entry + png
+
+
+@pytest.mark.parametrize("data", [
+    ico_embedding(png_header(8000, 7000)),  # would decode 8000×7000 before any size check
+    b"BLP2" + b"\x00" * 200,
+    b"DDS |" + b"\x00" * 200,
+    b"8BPS\x00\x01" + b"\x00" * 200,
+])
+def test_formats_outside_the_allowlist_are_refused_before_decoding(data):
+    with pytest.raises(ImageError) as info:
+        decode_image(data, ImageSettings(max_pixels=1_000_000))
+    assert info.value.reason == Reason.DECODE and "accepted format" in str(info.value)

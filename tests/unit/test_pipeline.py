@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 from tests.conftest import build_module, random_images
 from worker.calibration import Calibration
 from worker.completion import Completion, ProducerSlot
-from worker.config import BatchSettings, FetchSettings, ImageSettings, RetrySettings
+from worker.config import BatchSettings, FetchSettings, GuardSettings, ImageSettings, RetrySettings
 from worker.corpus import upload_event
 from worker.events import Reason
 from worker.fetch import Fetcher
@@ -22,7 +22,7 @@ from worker.health import Health
 from worker.messages import Message, Partition
 from worker.metrics import Metrics
 from worker.models import from_module
-from worker.outcomes import Topics
+from worker.outcomes import Publishing
 from worker.pipeline import Worker
 from worker.prepare import prepare
 from worker.scoring import preprocessing_spec, score_images
@@ -79,7 +79,8 @@ class Rig:
 
 
 def rig(watchlist, partitions: dict[int, list[bytes]], *, store: MemoryStore | None = None, scorer=None,
-        executor=None, producer_factory=None, inspect=None, **batch) -> Rig:
+        executor=None, producer_factory=None, guard: GuardSettings = GuardSettings(),
+        inspect=None, **batch) -> Rig:
     clock = FakeClock()
     broker = FakeBroker(clock=clock)
     broker.create_topic("uploads", max(partitions) + 1 if partitions else 1)
@@ -92,15 +93,16 @@ def rig(watchlist, partitions: dict[int, list[bytes]], *, store: MemoryStore | N
     health.loaded()
     consumer = broker.consumer("uploads", "g")
     retry = RetrySettings(initial_s=0.5, max_s=4.0)
+    publishing = Publishing("alerts", "dlq")
     completion = Completion(store, ProducerSlot(producer_factory or broker.producer), consumer, metrics, clock, health,
-                            retry)
+                            publishing, retry)
     fetcher = Fetcher(FetchSettings(), 10**7)
     pool = ScoringPool([scorer or watchlist], lambda m, s: prepare(m, fetcher, ImageSettings(), s.prepare, inspect=inspect),
                        executors=[executor or InlineExecutor()])
     settings = BatchSettings(**{"max_size": 4, "max_wait_ms": 50, "max_buffered": 8, "prepare_threads": 0,
                                 **batch}).resolved(on_gpu=False)
-    worker = Worker(consumer, pool, completion, Topics("alerts", "dlq"), settings, retry, clock, metrics, health,
-                    threading.Event(), wait=executor.wait if isinstance(executor, ManualExecutor) else None)
+    worker = Worker(consumer, pool, completion, publishing, settings, retry, clock, metrics, health,
+                    threading.Event(), wait=executor.wait if isinstance(executor, ManualExecutor) else None, guard=guard)
     return Rig(broker, clock, store, worker, metrics, health)
 
 
@@ -307,9 +309,95 @@ def test_models_that_fail_on_everything_are_our_fault_not_the_images(watchlist):
     assert r.store.count_events() == 0 and r.published("dlq") == [] and r.consumer.commits == []
     assert r.health.ready() is False and r.sample("aedr_ready") == 0
     assert fragile.calls > 3  # retried with backoff, not given up on
+    assert r.sample("aedr_faulted", cause="models") == 1 and r.worker.fault is None
     fragile.broken = False  # the device comes back
     r.step_until_committed(4, between=lambda: r.clock.advance(1.0))
     assert r.health.ready() is True and {row["status"] for row in r.store.events()} == {"scored"}
+    assert r.sample("aedr_faulted", cause="models") == 0
+
+
+def test_models_unavailable_for_too_long_stop_the_worker_for_a_restart(watchlist):
+    values = [event(f"e{i}", im) for i, im in enumerate(random_images(4, 32, 32, seed=23))]
+    r = rig(watchlist, {0: values}, scorer=Fragile(watchlist, broken=True), max_size=4,
+            guard=GuardSettings(fault_exit_s=60.0))
+    r.worker.run(until=lambda: (r.clock.advance(1.0), r.clock.monotonic() > 2000)[1])  # stops long before
+    assert r.worker.stop.is_set() and r.worker.fault and r.worker.fault.startswith("models")
+    assert 60.0 <= r.clock.monotonic() - 1000.0 < 200.0
+    assert r.consumer.commits == [] and r.store.count_events() == 0 and r.published("dlq") == []
+
+
+def test_the_dead_letter_guard_holds_a_flood_when_it_is_on(watchlist):
+    good = [event(f"e{i}", im) for i, im in enumerate(random_images(8, 32, 32, seed=25))]
+    garbage = [b"{not json"] * 8
+    guard = GuardSettings(fault_exit_s=0, dead_letter_fraction=0.5, dead_letter_window=8)
+    r = rig(watchlist, {0: good + garbage}, max_size=4, guard=guard)
+    for _ in range(60):
+        r.worker.step()
+        r.clock.advance(0.5)
+    # Batches of 4: good, good, bad (the last 8 are half dead: not over 0.5), bad (all 8: held).
+    assert r.broker.committed[("g", P0)] == 12
+    assert r.sample("aedr_faulted", cause="dead_letters") == 1
+    assert len(r.published("dlq")) == 4 and r.health.ready() is False
+    off = rig(watchlist, {0: good + garbage}, max_size=4)  # off by default: bad input is dead-lettered
+    off.step_until_committed(16)
+    assert len(off.published("dlq")) == 8 and off.sample("aedr_faulted", cause="dead_letters") == 0
+
+
+def test_rows_the_database_refuses_are_isolated_and_dead_lettered(watchlist):
+    values = [event(f"e{i}", im) for i, im in enumerate(random_images(8, 32, 32, seed=26))]
+    store = MemoryStore(refuse=lambda o: o.event_id == "e5" and o.status == "scored")
+    r = rig(watchlist, {0: values}, store=store, max_size=8)
+    r.step_until_committed(8)
+    rows = {row["event_id"]: row for row in store.events()}
+    assert rows["e5"]["status"] == "failed" and rows["e5"]["error"].startswith("internal: could not be stored: ValueError")
+    assert all(rows[f"e{i}"]["status"] == "scored" for i in range(8) if i != 5)
+    assert [dict(m.headers)["aedr.reason"] for m in r.published("dlq")] == [b"internal"]
+    assert not any(json.loads(m.value)["event_id"] == "e5" for m in r.published("alerts"))
+    assert r.broker.committed[("g", P0)] == 8 and r.sample("aedr_dlq_total", reason="internal") == 1
+
+
+def test_a_record_the_broker_refuses_as_too_large_is_published_without_its_payload(watchlist):
+    images = random_images(6, 32, 32, seed=27)
+    big = upload_event("big", images[0], metadata={"note": "é" * 300_000})
+    values = [big, b"{" + b"x" * 300_000] + [event(f"e{i}", im) for i, im in enumerate(images[1:])]
+    r = rig(watchlist, {0: values}, max_size=8, producer_factory=lambda: r.broker.producer(max_request_size=100_000))
+    r.step_until_committed(len(values), between=lambda: r.clock.advance(1.0))
+    dead = r.published("dlq")
+    assert len(dead) == 1 and dead[0].value is None
+    assert dict(dead[0].headers)["aedr.value_dropped"] == str(300_001).encode()
+    assert dict(dead[0].headers)["aedr.source"] == b"uploads/0/1"
+    assert r.broker.committed[("g", P0)] == len(values)
+
+
+def test_an_alert_refused_as_too_large_keeps_everything_but_the_metadata():
+    from worker.messages import Outbound
+    from worker.outcomes import shrink
+
+    alert = {"schema_version": 1, "event_id": "e", "matches": [{"model": "m", "score": 0.5, "threshold": 1.0}],
+             "best_match": {"model": "m", "score": 0.5, "threshold": 1.0}, "scored_at": "t",
+             "metadata": {"a": "x" * 1000, "b": 2}}
+    small = shrink(Outbound("alerts", b"e", json.dumps(alert).encode()), dead_letter=False)
+    got = json.loads(small.value)
+    assert {k: v for k, v in got.items() if k != "metadata"} == {k: v for k, v in alert.items() if k != "metadata"}
+    assert got["metadata"] == {"_aedr_truncated": {"keys": ["a", "b"], "original_bytes": len(json.dumps(alert["metadata"]))}}
+    assert small.key == b"e"
+
+
+def test_oversized_alert_metadata_is_cut_to_fit_and_marked():
+    from worker.decision import Match
+    from worker.events import UploadEvent
+    from worker.outcomes import fitted_alert
+
+    event = UploadEvent("e", image_b64="AAAA", metadata={"a": 1, "b": "é" * 10_000, "c": [1] * 5000, "d": "x"})
+    value = fitted_alert(event, [Match("m", 0.5, 1.0)], Match("m", 0.5, 1.0), "2026-11-28T00:00:00.000Z", 8_000)
+    alert = json.loads(value)
+    assert len(value) <= 8_000
+    assert alert["metadata"]["a"] == 1 and alert["metadata"]["b"].startswith("éé")
+    assert alert["metadata"]["_aedr_truncated"]["keys"] == ["b", "c", "d"][: len(alert["metadata"]["_aedr_truncated"]["keys"])]
+    assert "b" in alert["metadata"]["_aedr_truncated"]["keys"]
+    small = fitted_alert(UploadEvent("e", image_b64="AAAA", metadata={"a": 1}), [Match("m", 0.5, 1.0)],
+                         Match("m", 0.5, 1.0), "2026-11-28T00:00:00.000Z", 8_000)
+    assert json.loads(small)["metadata"] == {"a": 1}
 
 
 def test_drain_is_bounded_even_with_a_hung_scorer(watchlist):

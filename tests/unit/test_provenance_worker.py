@@ -21,7 +21,7 @@ from worker.config import ConfigError, FetchSettings, ImageSettings, load_settin
 from worker.fetch import Fetcher
 from worker.harness import REPO
 from worker.messages import Message
-from worker.outcomes import Judged, Topics, build
+from worker.outcomes import Judged, Publishing, build
 from worker.prepare import prepare
 from worker.provenance import ProvenanceResult, ProvenanceSettings, Signal
 from worker.provenance.settings import TrustAnchors
@@ -191,7 +191,8 @@ def test_rows_are_clean_for_any_database_and_detail_is_json():
     assert errors == () and row.idx == 0 and row.alerted is False
     assert len(row.generator) == 128 and "\x00" not in row.generator
     row.generator.encode("utf-8")  # no lone surrogate left
-    assert "\x00" not in row.detail and json.loads(row.detail) == {"software": nasty, "n": 1.5}
+    assert "\x00" not in row.detail  # escaped as \u0000 in the JSON text
+    assert json.loads(row.detail) == {"software": nasty.replace("\udcff", "?"), "n": 1.5}  # the lone surrogate replaced
 
 
 def judged(findings: Findings | None, attributions=()) -> Judged:
@@ -206,27 +207,38 @@ def test_an_event_alerts_from_provenance_alone_and_the_alert_says_why():
     mark = Signal("watermark", "unsigned", "stable-diffusion-xl", True, {"family_chance": 1e-9})
     note = Signal("iptc", "unsigned", None, True, {"term": "trainedAlgorithmicMedia"})
     findings = Provenance(ProvenanceSettings()).decide(ProvenanceResult((note, mark)))
-    result = build([judged(findings)], Topics("alerts", "dlq"), datetime(2026, 11, 29, tzinfo=timezone.utc))
-    (alert,) = [json.loads(o.value) for o in result.outbound]
+    (result,) = build([judged(findings)], Publishing("alerts", "dlq"), datetime(2026, 11, 29, tzinfo=timezone.utc))
+    alert = json.loads(result.outbound.value)
     assert alert["best_match"] is None and alert["matches"] == [] and alert["alerted_by"] == ["provenance"]
     assert [s["kind"] for s in alert["provenance"]["alerting"]] == ["watermark"]
     assert [s["kind"] for s in alert["provenance"]["evidence"]] == ["iptc"]
     assert alert["provenance"]["scoring_skipped"] is False and alert["metadata"] == {"u": 1}
-    (row,) = result.rows
+    row = result.row
     assert [(r.idx, r.kind, r.alerted) for r in row.provenance] == [(0, "iptc", False), (1, "watermark", True)]
-    assert (result.alerts, result.provenance_alerts, row.best_match) == (1, 1, None)
+    assert (result.alerted, result.reason, row.best_match) == (True, None, None)
     # Evidence alone (nothing alerting, no match): stored, not alerted.
-    quiet = build([judged(Provenance(ProvenanceSettings()).decide(ProvenanceResult((note,))))], Topics("a", "d"),
+    (quiet,) = build([judged(Provenance(ProvenanceSettings()).decide(ProvenanceResult((note,))))], Publishing("a", "d"),
                   datetime(2026, 11, 29, tzinfo=timezone.utc))
-    assert quiet.outbound == () and len(quiet.rows[0].provenance) == 1
+    assert quiet.outbound is None and len(quiet.row.provenance) == 1
+
+
+def test_whatever_a_file_holds_the_alert_is_strict_utf8_json():
+    odd = Signal("metadata", "unsigned", "gen\udcff\x00", True, {"x": float("nan"), "y": [float("inf"), "\udc80"]})
+    findings = Provenance(ProvenanceSettings(alert_strengths=("unsigned",))).decide(ProvenanceResult((odd,)))
+    (result,) = build([judged(findings)], Publishing("alerts", "dlq"), datetime(2026, 11, 29, tzinfo=timezone.utc))
+    alert = json.loads(result.outbound.value.decode("utf-8"))  # strict UTF-8, no NaN
+    (signal,) = alert["provenance"]["alerting"]
+    assert signal["detail"] == {"x": None, "y": [None, "?"]} and signal["generator"] == "gen?\x00"
+    (row,), _ = findings.records()
+    assert json.loads(row.detail) == {"x": None, "y": [None, "?"]}
 
 
 def test_without_provenance_the_alert_has_no_section():
     from worker.storage import AttributionRecord
 
     match = AttributionRecord("sd15", 1e-3, 1e-4, 10.0, 0.5, 5.0, 6.0, True)
-    result = build([judged(None, (match,))], Topics("alerts", "dlq"), datetime(2026, 11, 29, tzinfo=timezone.utc))
-    (alert,) = [json.loads(o.value) for o in result.outbound]
+    (result,) = build([judged(None, (match,))], Publishing("alerts", "dlq"), datetime(2026, 11, 29, tzinfo=timezone.utc))
+    alert = json.loads(result.outbound.value)
     assert alert["alerted_by"] == ["aedr"] and "provenance" not in alert and alert["best_match"]["model"] == "sd15"
 
 

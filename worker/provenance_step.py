@@ -76,8 +76,8 @@ class Findings:
 
     def records(self) -> tuple[tuple[ProvenanceRecord, ...], tuple[ProvenanceErrorRecord, ...]]:
         """The rows of provenance_signals and provenance_errors, cleaned for any database: no
-        NUL or lone surrogate (Postgres refuses them, and a refused batch would be retried for
-        ever), and cut to the column sizes."""
+        NUL or lone surrogate (Postgres refuses them, and the event would then be stored as an
+        `internal` failure, its signals lost), and cut to the column sizes."""
         signals = tuple(
             ProvenanceRecord(idx=i, kind=s.kind, strength=s.strength, generator=_clean(s.generator, MAX_GENERATOR_CHARS),
                              generative=s.generative, alerted=a, detail=_detail_json(s.detail))

@@ -4,7 +4,10 @@
 # TORCH_INDEX_URL and run with `--gpus all` (see docs/OPERATIONS.md):
 #   docker build --build-arg TORCH_INDEX_URL= -t aedr:cuda .
 # TORCH_INDEX_URL: your PyTorch CPU wheel index (an extra pip index); empty = PyPI only.
-FROM python:3.11-slim AS build
+# The base is pinned to Debian 12 (bookworm): the runtime stage installs the shared libraries
+# OpenCV needs under their bookworm names. Not built on the project's machines (no Docker
+# engine there); `import cv2` needing exactly these was checked with ldd on a Debian 12 host.
+FROM python:3.11-slim-bookworm AS build
 ARG TORCH_INDEX_URL=""
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
@@ -15,7 +18,14 @@ RUN python -m venv /opt/aedr \
  && if [ -n "$TORCH_INDEX_URL" ]; then /opt/aedr/bin/pip install --extra-index-url "$TORCH_INDEX_URL" torch==2.13.0; fi \
  && /opt/aedr/bin/pip install /src
 
-FROM python:3.11-slim
+FROM python:3.11-slim-bookworm
+# opencv-python (pulled in by invisible-watermark, the SD/SDXL watermark decoder of the provenance
+# signals) links libGL, libX11/libxcb and GLib's libgthread; slim images have none of them.
+# Without them the worker refuses to start ("provenance: kind 'watermark' needs ..."), unless
+# provenance.kinds leaves the watermark out.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libgl1 libglib2.0-0 \
+ && rm -rf /var/lib/apt/lists/*
 RUN useradd --system --uid 10001 --home /app aedr
 COPY --from=build /opt/aedr /opt/aedr
 COPY migrations /app/migrations

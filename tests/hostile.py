@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -150,5 +151,36 @@ def corpus(n: int = 10_000, seed: int = 0, oversized_mb: int = 24) -> list[Hosti
     for i in range(max(8, per // 25)):
         name, data = exotic[i % len(exotic)]
         add(f"valid exotic: {name}", _b64_event(eid(), data), SCORED)
+    # Valid images carrying hostile provenance (issue 17): the image itself is fine, so each is
+    # scored; only a zip-bombed XMP chunk makes Pillow refuse the PNG (its MAX_TEXT_CHUNK).
+    variants = provenance_variants(Image.fromarray(_img(rng, 48)))
+    for i in range(max(len(variants), per // 25)):
+        name, data, expected = variants[i % len(variants)]
+        add(f"hostile provenance: {name}", _b64_event(eid(), data), expected)
     order = rng.permutation(len(out))
     return [out[i] for i in order]
+
+
+def provenance_variants(base: Image.Image) -> list[tuple[str, bytes, str]]:
+    """(name, file, expected outcome) for images whose provenance data is hostile: entity bombs
+    and external entities in XMP, a zip bomb in an XMP chunk, a JUMBF box declaring 1 TiB, 600
+    APP11 segments, 10 000 text chunks, a 40 000-entry EXIF, a C2PA manifest that lives at a URL
+    (a loopback port nothing listens on: it must never be fetched), and a tampered manifest."""
+    from tests import provenance_fixtures as F
+
+    rgb = np.asarray(base.convert("RGB"))
+    jpeg = _encode(base, "JPEG")
+    chain = F.make_chain("hostile corpus")
+    bomb = b"XML:com.adobe.xmp\x00\x01\x00\x00\x00" + zlib.compress(b" " * (64 << 20), 9)
+    png_chunks = F.png_chunks(_encode(base, "PNG"))
+    return [
+        ("billion laughs in XMP", F.jpeg_with_xmp(jpeg, F.billion_laughs()), SCORED),
+        ("external entity in XMP", F.jpeg_with_xmp(jpeg, F.external_entity("file:///etc/passwd")), SCORED),
+        ("zip bomb in XMP iTXt", F.png_from_chunks(png_chunks[:1] + [(b"iTXt", bomb)] + png_chunks[1:]), "decode"),
+        ("JUMBF box declaring 1 TiB", F.jpeg_with_segments(jpeg, F.app11_segments(b"\0" * 1000, declared=1 << 40)), SCORED),
+        ("600 APP11 segments", F.jpeg_with_segments(jpeg, F.app11_segments(b"\0" * 60_000, per_segment=100)), SCORED),
+        ("10 000 PNG text chunks", F.many_text_chunks(rgb, 10_000), SCORED),
+        ("40 000-entry EXIF", F.png_with_exif_chunk(rgb, F.huge_exif(40_000)), SCORED),  # < 1 MiB as base64
+        ("remote C2PA manifest", F.sign(jpeg, "image/jpeg", chain, remote_url="http://127.0.0.1:9/m.c2pa"), SCORED),
+        ("tampered C2PA manifest", F.tamper_manifest(F.sign(jpeg, "image/jpeg", chain)), SCORED),
+    ]

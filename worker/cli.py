@@ -77,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(score, multiple=True)
     score.add_argument("--calibration", action="append", default=[],
                        help="calibration JSON (repeatable; matched to models by weights hash)")
+    score.add_argument("--trust-anchor", action="append", default=[], metavar="PEM",
+                       help="C2PA trust anchors (PEM; repeatable): credentials chaining to one are 'trusted'")
+    score.add_argument("--no-provenance", action="store_true",
+                       help="do not read provenance (C2PA, IPTC, generator metadata, SD/SDXL watermark)")
     score.add_argument("paths", nargs="+", metavar="PATH", help="image files or directories")
 
     cal = sub.add_parser("calibrate", help="fit a model's threshold on images it generated")
@@ -125,6 +129,8 @@ def _cmd_score(args: argparse.Namespace) -> int:
     from .calibration import Calibration
     from .models import load_autoencoder
     from .offline import iter_image_paths, score_records
+    from .provenance import ProvenanceSettings
+    from .provenance_step import load as load_provenance
     from .scoring import preprocessing_spec
 
     models = [
@@ -145,6 +151,8 @@ def _cmd_score(args: argparse.Namespace) -> int:
         if calibration is not None:
             calibration.check_matches(model.weights_sha256, preprocessing_spec(model.spatial_factor, args.tile, model.dtype))
         pairs.append((model, calibration))
+    provenance = load_provenance(ProvenanceSettings(enabled=not args.no_provenance,
+                                                    trust_anchor_paths=tuple(args.trust_anchor)))
     failed = False
     unreadable: list[tuple] = []
 
@@ -154,7 +162,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
             yield path
         yield from _drain(unreadable)
 
-    for record in score_records(paths(), pairs, args.batch_size, args.tile):
+    for record in score_records(paths(), pairs, args.batch_size, args.tile, provenance=provenance):
         failed = failed or "error" in record
         sys.stdout.write(json.dumps(record) + "\n")
     sys.stdout.flush()

@@ -32,6 +32,7 @@ from .messages import Consumer, Partition, Producer, PublishError
 from .metrics import Metrics
 from .outcomes import EventResult, Publishing, clean_text, reject, shrink, stamp
 from .prepare import Prepared, Rejection
+from .provenance_step import count_provenance
 from .storage import Store
 
 log = logging.getLogger(__name__)
@@ -270,6 +271,7 @@ class Completion:
             for a in r.row.attributions:
                 self.metrics.verdicts.labels(a.model, "match" if a.belongs else "no_match").inc()
         self.metrics.alerts.inc(sum(1 for r in batch.results if r.alerted))
+        count_provenance(self.metrics, batch.results)
         self.committed_events += batch.size
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import AedrError
+from .provenance.settings import ProvenanceSettings
 
 ENV_PREFIX = "AEDR_"
 
@@ -177,6 +178,9 @@ class Settings:
     images: ImageSettings = field(default_factory=ImageSettings)
     fetch: FetchSettings = field(default_factory=FetchSettings)
     scoring: ScoringSettings = field(default_factory=ScoringSettings)
+    # Provenance signals (C2PA, IPTC, generator metadata, SD/SDXL watermark): the keys, their
+    # defaults and what each means are in worker/provenance/settings.py; README "Provenance".
+    provenance: ProvenanceSettings = field(default_factory=ProvenanceSettings)
     guard: GuardSettings = field(default_factory=GuardSettings)
     watchlist: tuple[WatchlistEntry, ...] = ()
 
@@ -225,6 +229,9 @@ def _build(cls: type, raw: Mapping[str, Any], where: str) -> Any:
         return cls(**values)
     except TypeError as exc:
         raise ConfigError(f"{where}: {exc}") from None
+    except ValueError as exc:  # a section's own consistency check (ProvenanceSettings.__post_init__)
+        text = str(exc)
+        raise ConfigError(text if text.startswith(where) else f"{where}: {text}") from None
 
 
 def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:

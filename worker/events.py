@@ -149,16 +149,22 @@ def event_id_hint(value: bytes | None) -> str | None:
     return None
 
 
-def alert_message(event: UploadEvent, matches: list[dict[str, Any]], best: dict[str, Any], scored_at: str) -> bytes:
-    """The alert published for an event that matched at least one watchlist model; `best` is
-    the match `worker.decision.best_match` chose (the decision is not repeated here)."""
-    payload = {
+def alert_message(event: UploadEvent, matches: list[dict[str, Any]], best: dict[str, Any] | None, scored_at: str,
+                  alerted_by: list[str] | None = None, provenance: dict[str, Any] | None = None) -> bytes:
+    """The alert published for an event that matched at least one watchlist model, or whose
+    provenance alerts; `best` is the match `worker.decision.best_match` chose (None when no model
+    matched), `alerted_by` says why ("aedr", "provenance"), `provenance` is the section that
+    worker.provenance_step builds (absent when provenance is disabled)."""
+    payload: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "event_id": event.event_id,
         "matches": matches,
         "best_match": best,
+        "alerted_by": alerted_by if alerted_by is not None else ["aedr"],
         "scored_at": scored_at,
         "metadata": event.metadata,
     }
+    if provenance is not None:
+        payload["provenance"] = provenance
     # UTF-8 as is (escaping every non-ASCII character can triple the size); never NaN/Infinity.
     return json.dumps(payload, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()

@@ -2,7 +2,8 @@
 
 The metric names here are a contract with deploy/ (Grafana dashboards, alert rules, KEDA); tests
 scrape a running worker and check every name those files use. Labels carry only bounded values
-(outcome, model name, stage, reason, partition): never an event id, URL or secret.
+(outcome, model name, stage, reason, partition, provenance kind and strength): never an event id,
+URL, generator name or secret.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from typing import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from .provenance.signals import C2PA, ERROR_KINDS, ERROR_REASONS, KINDS, STRENGTHS, UNSIGNED
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -39,7 +42,7 @@ class Metrics:
             buckets=LATENCY_BUCKETS, registry=registry,
         )
         self.stage = Histogram(
-            "aedr_stage_seconds", "Time per stage (fetch, decode per event; score, store per batch).",
+            "aedr_stage_seconds", "Time per stage (fetch, decode, provenance per event; score, store per batch).",
             ["stage"], buckets=STAGE_BUCKETS, registry=registry,
         )
         self.dlq = Counter("aedr_dlq", "Events sent to the dead-letter topic, by reason.", ["reason"], registry=registry)
@@ -73,6 +76,29 @@ class Metrics:
         self.last_commit = Gauge(
             "aedr_last_commit_timestamp_seconds", "Unix time of the last offset commit.", registry=registry
         )
+        # Provenance (issue 17), counted when a batch is committed. Every (kind, strength) and
+        # (kind, reason) the extractors can produce starts at 0, so rates exist before the first.
+        self.provenance_signals = Counter(
+            "aedr_provenance_signals", "Provenance signals found in committed events, by kind and strength.",
+            ["kind", "strength"], registry=registry,
+        )
+        self.provenance_errors = Counter(
+            "aedr_provenance_errors", "Provenance that could not be read (recorded, never fatal), by kind and reason.",
+            ["kind", "reason"], registry=registry,
+        )
+        self.provenance_alerts = Counter(
+            "aedr_provenance_alerts", "Alerts raised (also or only) by a provenance signal.", registry=registry
+        )
+        self.provenance_skips = Counter(
+            "aedr_provenance_skips", "Events not reconstructed because a trusted credential named the generator.",
+            registry=registry,
+        )
+        for kind in KINDS:
+            for strength in STRENGTHS if kind == C2PA else (UNSIGNED,):
+                self.provenance_signals.labels(kind, strength)
+        for kind in ERROR_KINDS:
+            for reason in ERROR_REASONS:
+                self.provenance_errors.labels(kind, reason)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -20,6 +20,7 @@ from .decision import belongs
 from .config import ImageSettings
 from .images import ImageError, decode_image
 from .models import Autoencoder
+from .provenance_step import Findings, Provenance
 from .scoring import ImageTooSmall, Scores, crop_box, pixel_budget, preprocessing_spec, score_crops
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
@@ -54,11 +55,16 @@ class Loaded:
     path: Path
     image: np.ndarray | None = None
     error: str | None = None
+    provenance: Findings | None = None
 
 
-def load_file(path: Path, limits: ImageSettings = ImageSettings()) -> Loaded:
+def load_file(path: Path, limits: ImageSettings = ImageSettings(), provenance: Provenance | None = None) -> Loaded:
+    """Read and decode one file; with `provenance`, read what the file says of its origin too
+    (from the bytes and the decoded pixels, as the worker does)."""
     try:
-        return Loaded(path, image=decode_image(path.read_bytes(), limits))
+        data = path.read_bytes()
+        image = decode_image(data, limits)
+        return Loaded(path, image=image, provenance=provenance.inspect(data, image) if provenance else None)
     except ImageError as exc:
         return Loaded(path, error=f"{exc.reason}: {exc}")
     except OSError as exc:
@@ -100,11 +106,16 @@ def score_records(
     batch_size: int = 16,
     tile: int | None = None,
     chunk: int = 256,
+    provenance: Provenance | None = None,
 ) -> Iterator[dict[str, Any]]:
     """One record per (image, model), or one error record per unreadable image (a `(path,
-    error)` pair among `paths` is passed through as an error record)."""
+    error)` pair among `paths` is passed through as an error record); with `provenance`, one
+    more record per image whose file carries provenance signals or could not be read for them:
+    {"image", "kind": "provenance", "alerting", "evidence", "errors", "scoring_skipped"} (the
+    alert's provenance section; here the models always score)."""
     for group in _chunks(paths, chunk):
-        loaded = [Loaded(p[0], error=p[1]) if isinstance(p, tuple) else load_file(p) for p in group]
+        loaded = [Loaded(p[0], error=p[1]) if isinstance(p, tuple) else load_file(p, provenance=provenance)
+                  for p in group]
         good = [item for item in loaded if item.image is not None]
         per_model = [
             score_one_model(model, [item.image for item in good], batch_size, tile)  # type: ignore[misc]
@@ -129,6 +140,9 @@ def score_records(
                     "threshold": threshold,
                     "belongs": None if threshold is None else belongs(result.score, threshold),
                 }
+            found = item.provenance
+            if found is not None and (found.result.signals or found.result.errors):
+                yield {"image": str(item.path), "kind": "provenance", **found.section()}
 
 
 def scores_of_directory(

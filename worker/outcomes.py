@@ -1,7 +1,8 @@
 """Where an event is decided: a scored batch → the rows to store and the records to publish.
 
-Pure: prepared events and their scores come in; per event, an `EventOutcome` row and the
-alert or dead letter it publishes come out, with the typed facts the metrics count. Nothing here
+Pure: prepared events and their scores come in; per event, an `EventOutcome` row (with the
+provenance rows of `Prepared.provenance`) and the alert or dead letter it publishes come out,
+with the typed facts the metrics count. Nothing here
 touches the database, the broker or the clock; `build` is called once per batch and its result
 is kept across retries, so a batch stored again after a failure stores the same rows.
 
@@ -77,25 +78,33 @@ def stamp(moment: datetime) -> str:
 
 
 def build(judged: Sequence[Judged], publishing: Publishing, scored_at: datetime) -> list[EventResult]:
+    """An event alerts when a watched model matched it or when one of its provenance signals
+    alerts (the policy decided in prepare); the alert's `alerted_by` says which. Provenance rows
+    are stored for every event whose image was decoded, whatever its outcome."""
     when = stamp(scored_at)
     out: list[EventResult] = []
     for item in judged:
         p, m = item.prepared, item.prepared.message
+        signals, errors = p.provenance.records() if p.provenance is not None else ((), ())
         if item.attributions is None:
             rejection = item.rejection or p.rejection or Rejection(Reason.INTERNAL, "neither scored nor rejected")
-            out.append(reject(p, rejection, item.received_at, publishing, when))
+            result = reject(p, rejection, item.received_at, publishing, when)
+            out.append(replace(result, row=replace(result.row, provenance=signals, provenance_errors=errors)))
             continue
         matches = [Match(a.model, a.score, a.threshold) for a in item.attributions if a.belongs]
         best = best_match(matches)
         row = EventOutcome(
             event_id=p.event_id, topic=m.topic, partition=m.partition, offset=m.offset, status="scored",
             received_at=item.received_at, scored_at=scored_at, best_match=best.model if best else None,
-            attributions=item.attributions,
+            attributions=item.attributions, provenance=signals, provenance_errors=errors,
         )
         alert = None
-        if best is not None and p.event is not None:
+        provenance = p.provenance
+        alerted_by = (["aedr"] if best is not None else []) + (["provenance"] if provenance and provenance.alerts else [])
+        if alerted_by and p.event is not None:
             alert = Outbound(publishing.alerts, p.event.event_id.encode(),
-                             fitted_alert(p.event, matches, best, when, publishing.max_alert_bytes))
+                             fitted_alert(p.event, matches, best, when, publishing.max_alert_bytes, alerted_by,
+                                          provenance.section() if provenance else None))
         out.append(EventResult(row, alert))
     return out
 
@@ -118,9 +127,11 @@ def reject(prepared: Prepared, rejection: Rejection, received_at: datetime, publ
     return EventResult(row, letter, rejection.reason)
 
 
-def fitted_alert(event: UploadEvent, matches: list[Match], best: Match, when: str, max_bytes: int) -> bytes:
-    """The alert, with the event's metadata cut to fit `max_bytes` when it does not."""
-    args = ([m.as_dict() for m in matches], best.as_dict(), when)
+def fitted_alert(event: UploadEvent, matches: list[Match], best: Match | None, when: str, max_bytes: int,
+                 alerted_by: list[str] | None = None, provenance: dict[str, Any] | None = None) -> bytes:
+    """The alert, with the event's metadata cut to fit `max_bytes` when it does not (the
+    provenance section is bounded at extraction: at most 32 signals and 32 errors)."""
+    args = ([m.as_dict() for m in matches], best.as_dict() if best else None, when, alerted_by, provenance)
     value = alert_message(event, *args)
     if len(value) <= max_bytes:
         return value
@@ -176,11 +187,14 @@ def _size(message: Outbound) -> int:
 
 def judge(prepared: Sequence[Prepared], received_at: Sequence[datetime], scores: Sequence[object | None],
           failures: dict[int, Rejection], verdicts: Callable[[object], tuple[AttributionRecord, ...]]) -> list[Judged]:
-    """Pair each prepared event with its verdicts, its scoring failure, or its rejection."""
+    """Pair each prepared event with its verdicts, its scoring failure, or its rejection. An
+    image whose scoring was skipped for a trusted credential is scored with no verdicts."""
     out = []
     for i, (p, at, s) in enumerate(zip(prepared, received_at, scores)):
         if s is not None:
             out.append(Judged(p, at, attributions=verdicts(s)))
+        elif p.rejection is None and p.provenance is not None and p.provenance.scoring_skipped:
+            out.append(Judged(p, at, attributions=()))
         else:
             out.append(Judged(p, at, rejection=failures.get(i) or p.rejection))
     return out

@@ -285,5 +285,7 @@ class Worker:
             if j.prepared.event is not None and j.prepared.rejection is None:
                 self.metrics.stage.labels("fetch").observe(j.prepared.fetch_s)
                 self.metrics.stage.labels("decode").observe(j.prepared.decode_s)
+                if j.prepared.provenance is not None:
+                    self.metrics.stage.labels("provenance").observe(j.prepared.provenance.seconds)
         if scored.score_s:
             self.metrics.stage.labels("score").observe(scored.score_s)

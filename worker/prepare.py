@@ -8,6 +8,11 @@ upload's own faults, and logged with its traceback, but it stops only this one e
 
 Fetching is the only I/O, and it comes in as an object (`ImageSource`), so the function is
 tested with a fake source and runs on any thread.
+
+Provenance (worker.provenance_step) is read here, between decoding and cutting, from the bytes
+and the pixels just decoded; it travels on `Prepared.provenance`. It never rejects an event.
+When a trusted credential names the generator and the settings say so, the image is not cut
+(`image` stays None, `provenance.scoring_skipped` is true): the event is scored without the models.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
 
 import numpy as np
 
@@ -24,6 +29,9 @@ from .events import InvalidEvent, Reason, UploadEvent, decode_b64_image, decode_
 from .images import decode_image
 from .messages import Message
 from .scoring import ImageTooSmall
+
+if TYPE_CHECKING:
+    from .provenance_step import Findings
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +62,7 @@ class Prepared:
     rejection: Rejection | None = None
     fetch_s: float = 0.0  # time spent getting the image bytes
     decode_s: float = 0.0  # time spent decoding and cutting them
+    provenance: Findings | None = None  # what the file says of its origin (None: not read)
 
     @property
     def event_id(self) -> str:
@@ -69,10 +78,12 @@ def prepare(
     limits: ImageSettings,
     cut: Callable[[np.ndarray], object],
     timer: Callable[[], float] = time.perf_counter,
+    inspect: Callable[[bytes, np.ndarray], Findings | None] | None = None,
 ) -> Prepared:
-    """Decode, validate, fetch, decode the image and `cut` it for the models (the scorer's
-    `prepare`). Never raises."""
+    """Decode, validate, fetch, decode the image, `inspect` its provenance, and `cut` it for the
+    models (the scorer's `prepare`). Never raises."""
     event: UploadEvent | None = None
+    findings: Findings | None = None
     try:
         event = decode_event(message.value, limits.max_bytes)
         started = timer()
@@ -81,13 +92,21 @@ def prepare(
         else:
             data = source.fetch(event.image_url or "")
         fetched = timer()
-        try:
-            image = cut(decode_image(data, limits))
-        except ImageTooSmall as exc:
-            raise InvalidEvent(Reason.DECODE, str(exc)) from None
-        return Prepared(message, event, image, fetch_s=fetched - started, decode_s=timer() - fetched)
+        pixels = decode_image(data, limits)
+        decoded = timer()
+        findings = inspect(data, pixels) if inspect is not None else None
+        inspected = timer()
+        image = None
+        if findings is None or not findings.scoring_skipped:
+            try:
+                image = cut(pixels)
+            except ImageTooSmall as exc:
+                raise InvalidEvent(Reason.DECODE, str(exc)) from None
+        return Prepared(message, event, image, fetch_s=fetched - started,
+                        decode_s=(decoded - fetched) + (timer() - inspected), provenance=findings)
     except InvalidEvent as exc:
-        return Prepared(message, event, rejection=Rejection(exc.reason, str(exc)))
+        return Prepared(message, event, rejection=Rejection(exc.reason, str(exc)), provenance=findings)
     except Exception as exc:  # a bug met by this input must not stop the partition
         log.exception("unexpected error preparing %s", message.source)
-        return Prepared(message, event, rejection=Rejection(Reason.INTERNAL, f"{type(exc).__name__} while preparing"))
+        return Prepared(message, event, rejection=Rejection(Reason.INTERNAL, f"{type(exc).__name__} while preparing"),
+                        provenance=findings)

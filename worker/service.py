@@ -29,6 +29,7 @@ from .metrics import Metrics, MetricsServer
 from .outcomes import Publishing
 from .pipeline import Worker
 from .prepare import prepare
+from .provenance_step import load as load_provenance
 from .scoring_pool import ScoringPool
 from .storage import SqlStore, reaching
 from .watchlist import LoadInterrupted, Watchlist
@@ -101,6 +102,7 @@ def _close_all(opened: list[Callable[[], None]]) -> None:
             log.warning("while closing after a failed start: %s", exc)
 def _build(settings: Settings, stop: threading.Event, registry: CollectorRegistry | None,
            opened: list[Callable[[], None]]) -> Service | None:
+    provenance = load_provenance(settings.provenance)  # trust anchors read once; a bad one stops us here
     metrics = Metrics(registry or CollectorRegistry())
     clock = SystemClock()
     health = Health(metrics, clock, settings.guard.stall_s)
@@ -109,6 +111,11 @@ def _build(settings: Settings, stop: threading.Event, registry: CollectorRegistr
     opened.append(server.stop)
     database_url = settings.database.resolved_url()  # reads the secret file once
     log.info("metrics on http://%s:%d/metrics; database %s", settings.metrics.host, server.port, mask_url(database_url))
+    log.info("provenance: %s", f"{', '.join(settings.provenance.kinds)}; {provenance.anchors.count} trust anchor(s)"
+             if provenance.enabled else "off")
+    if provenance.enabled and "c2pa" in settings.provenance.kinds and provenance.anchors.count == 0:
+        log.warning("provenance: no trust anchors (provenance.trust_anchor_paths): no C2PA credential can be trusted, "
+                    "so none alerts by default")
     with reaching(database_url):
         store = SqlStore.from_url(database_url)
         opened.append(store.close)
@@ -126,7 +133,8 @@ def _build(settings: Settings, stop: threading.Event, registry: CollectorRegistr
         store.record_calibrations(watchlist.calibration_records())
     batch = settings.batch.resolved(on_gpu=watchlist.entries[0].model.device.type == "cuda")
     fetcher = Fetcher(settings.fetch, settings.images.max_bytes)
-    pool = ScoringPool(scorers, lambda message, scorer: prepare(message, fetcher, settings.images, scorer.prepare))
+    pool = ScoringPool(scorers, lambda message, scorer: prepare(message, fetcher, settings.images, scorer.prepare,
+                                                                inspect=provenance.inspect))
     opened.append(pool.close)
     prepare_pool = (ThreadPoolExecutor(batch.prepare_threads, thread_name_prefix="prepare")
                     if batch.prepare_threads > 0 else None)

@@ -2,8 +2,9 @@
 
 Writes are idempotent: Kafka delivers at least once, so a batch that was stored but whose
 offsets were not committed (crash, rebalance) comes again. Every insert is
-`ON CONFLICT DO NOTHING` on the natural keys (event_id; event_id + model), and one micro-batch is
-one transaction, so a batch is either wholly stored or not at all. ORM rows never leave this
+`ON CONFLICT DO NOTHING` on the natural keys (event_id; event_id + model; event_id + idx for an
+event's provenance signals and extraction errors), and one micro-batch is one transaction, so a
+batch is either wholly stored or not at all. ORM rows never leave this
 module: callers pass and get plain dataclasses.
 """
 
@@ -23,6 +24,7 @@ from sqlalchemy import (
     Double,
     Engine,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
@@ -58,6 +60,32 @@ class AttributionRecord:
 
 
 @dataclass(frozen=True)
+class ProvenanceRecord:
+    """One provenance signal of an event (worker.provenance.Signal as stored). `idx` is its
+    position in the event's extraction order; `detail` is JSON text; `alerted` is whether the
+    policy made it raise the alert."""
+
+    idx: int
+    kind: str
+    strength: str
+    generator: str | None
+    generative: bool
+    alerted: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class ProvenanceErrorRecord:
+    """One extraction error of an event (`reason`: limit, malformed, remote_reference,
+    unavailable, internal)."""
+
+    idx: int
+    kind: str
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
 class EventOutcome:
     """Everything stored about one consumed message."""
 
@@ -71,6 +99,11 @@ class EventOutcome:
     error: str | None = None
     best_match: str | None = None
     attributions: tuple[AttributionRecord, ...] = ()
+    provenance: tuple[ProvenanceRecord, ...] = ()
+    provenance_errors: tuple[ProvenanceErrorRecord, ...] = ()
+
+
+_CHILDREN = ("attributions", "provenance", "provenance_errors")  # EventOutcome fields stored in their own tables
 
 
 @dataclass(frozen=True)
@@ -135,6 +168,32 @@ class _AttributionRow(Base):
     scored_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+class _ProvenanceSignalRow(Base):
+    __tablename__ = "provenance_signals"
+    __table_args__ = (Index("ix_provenance_signals_kind_strength", "kind", "strength"),)
+    event_id: Mapped[str] = mapped_column(
+        String(300), ForeignKey("events.event_id", ondelete="CASCADE"), primary_key=True
+    )
+    idx: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    strength: Mapped[str] = mapped_column(String(16))
+    generator: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    generative: Mapped[bool] = mapped_column(Boolean)
+    alerted: Mapped[bool] = mapped_column(Boolean)
+    detail: Mapped[str] = mapped_column(Text)
+
+
+class _ProvenanceErrorRow(Base):
+    __tablename__ = "provenance_errors"
+    event_id: Mapped[str] = mapped_column(
+        String(300), ForeignKey("events.event_id", ondelete="CASCADE"), primary_key=True
+    )
+    idx: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(String(32))
+    message: Mapped[str] = mapped_column(Text)
+
+
 class _CalibrationRow(Base):
     __tablename__ = "calibrations"
     model: Mapped[str] = mapped_column(String(128), primary_key=True)
@@ -155,9 +214,18 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
-def _columns(record: Any, skip: str = "") -> dict[str, Any]:
+def _columns(record: Any, skip: tuple[str, ...] = ()) -> dict[str, Any]:
     """A flat record's fields as a row (`asdict` deep-copies every value: slow per batch)."""
-    return {f.name: getattr(record, f.name) for f in fields(record) if f.name != skip}
+    return {f.name: getattr(record, f.name) for f in fields(record) if f.name not in skip}
+
+
+def _child_rows(o: EventOutcome) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """An event's attributions, provenance signals and extraction errors as rows."""
+    return (
+        [{**_columns(a), "event_id": o.event_id, "scored_at": o.scored_at} for a in o.attributions],
+        [{**_columns(p), "event_id": o.event_id} for p in o.provenance],
+        [{**_columns(e), "event_id": o.event_id} for e in o.provenance_errors],
+    )
 
 
 def _insert_ignoring_conflicts(conn, table, rows: list[dict[str, Any]]) -> None:
@@ -195,14 +263,18 @@ class SqlStore:
         return cls(make_engine(url))
 
     def save(self, outcomes: Sequence[EventOutcome]) -> None:
-        events, attributions = [], []
+        events, attributions, signals, errors = [], [], [], []
         for o in outcomes:
-            events.append(_columns(o, skip="attributions"))
-            for a in o.attributions:
-                attributions.append({**_columns(a), "event_id": o.event_id, "scored_at": o.scored_at})
+            events.append(_columns(o, skip=_CHILDREN))
+            a, p, e = _child_rows(o)
+            attributions += a
+            signals += p
+            errors += e
         with self.engine.begin() as conn:
             _insert_ignoring_conflicts(conn, _EventRow.__table__, events)
             _insert_ignoring_conflicts(conn, _AttributionRow.__table__, attributions)
+            _insert_ignoring_conflicts(conn, _ProvenanceSignalRow.__table__, signals)
+            _insert_ignoring_conflicts(conn, _ProvenanceErrorRow.__table__, errors)
 
     def record_calibrations(self, records: Sequence[CalibrationRecord]) -> None:
         with self.engine.begin() as conn:
@@ -230,6 +302,12 @@ class SqlStore:
 
     def calibrations(self) -> list[dict[str, Any]]:
         return self._all(_CalibrationRow)
+
+    def provenance_signals(self) -> list[dict[str, Any]]:
+        return self._all(_ProvenanceSignalRow)
+
+    def provenance_errors(self) -> list[dict[str, Any]]:
+        return self._all(_ProvenanceErrorRow)
 
     def _all(self, row: type[Base]) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
@@ -283,12 +361,20 @@ class MemoryStore:
 
     def events(self) -> list[dict[str, Any]]:
         with self._lock:
-            return [_columns(o, skip="attributions") for o in self.outcomes.values()]
+            return [_columns(o, skip=_CHILDREN) for o in self.outcomes.values()]
 
     def attributions(self) -> list[dict[str, Any]]:
+        return self._children(0)
+
+    def provenance_signals(self) -> list[dict[str, Any]]:
+        return self._children(1)
+
+    def provenance_errors(self) -> list[dict[str, Any]]:
+        return self._children(2)
+
+    def _children(self, which: int) -> list[dict[str, Any]]:
         with self._lock:
-            return [{**_columns(a), "event_id": o.event_id, "scored_at": o.scored_at}
-                    for o in self.outcomes.values() for a in o.attributions]
+            return [row for o in self.outcomes.values() for row in _child_rows(o)[which]]
 
     def calibrations(self) -> list[dict[str, Any]]:
         with self._lock:

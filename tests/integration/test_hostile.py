@@ -66,6 +66,9 @@ def test_hostile_corpus_is_dead_lettered_with_reasons(broker, pg_url, tmp_path):
         for (partition, offset), row in rows.items():
             if row["status"] == "failed":
                 assert by_source[f"{dep.topic}/{partition}/{offset}"] == row["error"].split(":", 1)[0]
+        # Provenance never failed on them: hostile metadata is a recorded limit/malformed error.
+        internal = [e for e in store.provenance_errors() if e["reason"] == "internal"]
+        assert not internal, internal[:5]
         exotic = {c: dict(v) for c, v in per_class.items() if c.startswith("valid exotic")}
         assert exotic and all(set(v) == {SCORED} for v in exotic.values())
         figures = delivery(store, broker.bootstrap, dep, positions, 1,

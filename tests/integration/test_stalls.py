@@ -7,6 +7,7 @@ with every event stored once and nothing committed past an unstored event."""
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import threading
 import uuid
@@ -54,6 +55,49 @@ HOSTILE = {
     "slow fetch": lambda e: upload_event(e, image_url="slow://x/a.png"),
     "poison for the model": lambda e: upload_event(e, random_images(1, 40, 40, seed=len(e))[0]),
 }
+
+
+@functools.cache
+def _provenance_files() -> dict[str, bytes]:
+    """Valid images whose provenance is hostile (tests/hostile.py), and one whose trusted
+    credential makes the worker skip the models (the anchor below)."""
+    from PIL import Image
+
+    from tests import provenance_fixtures as F
+    from tests.hostile import provenance_variants
+
+    files = {f"provenance: {name}": data for name, data, _ in provenance_variants(Image.fromarray(IMAGE))}
+    files["provenance: trusted credential, models skipped"] = F.sign(F.encode(IMAGE, "JPEG"), "image/jpeg", _anchor())
+    return files
+
+
+def _provenance_event(name: str):
+    return lambda e: upload_event(e, image_b64=base64.b64encode(_provenance_files()[name]).decode(), metadata={"e": e})
+
+
+@functools.cache
+def _anchor():
+    """A test certificate chain whose root the worker trusts."""
+    from tests import provenance_fixtures as F
+
+    return F.make_chain("stalls")
+
+
+PROVENANCE_KINDS = ("billion laughs in XMP", "external entity in XMP", "zip bomb in XMP iTXt", "JUMBF box declaring 1 TiB",
+                    "600 APP11 segments", "10 000 PNG text chunks", "40 000-entry EXIF", "remote C2PA manifest",
+                    "tampered C2PA manifest", "trusted credential, models skipped")
+HOSTILE.update({f"provenance: {name}": _provenance_event(f"provenance: {name}") for name in PROVENANCE_KINDS})
+SCORED = {"valid", "huge metadata"} | {f"provenance: {n}" for n in PROVENANCE_KINDS if n != "zip bomb in XMP iTXt"}
+
+
+def _provenance_step():
+    """Provenance as the worker runs it, trusting `_anchor()`'s root, with the skip rule on."""
+    from worker.provenance import ProvenanceSettings
+    from worker.provenance.settings import TrustAnchors
+    from worker.provenance_step import Provenance
+
+    return Provenance(ProvenanceSettings(skip_reconstruction_when_trusted=True),
+                      TrustAnchors(pem=_anchor().root_pem.decode(), count=1))
 
 
 class SlowSource:
@@ -170,8 +214,9 @@ def test_no_input_or_fault_stalls_a_partition(watchlist, store, kinds, faults, m
     publishing = Publishing(f"{topic}.alerts", f"{topic}.dlq", max_alert_bytes=50_000, max_message_bytes=200_000)
     completion = Completion(failing, ProducerSlot(lambda: producer), consumer, metrics, clock, health, publishing, retry)
     source = SlowSource(clock)
-    pool = ScoringPool([scorer], lambda m, s: prepare(m, source, ImageSettings(max_pixels=1_000_000), s.prepare),
-                       executors=[InlineExecutor()])
+    inspect = _provenance_step().inspect
+    pool = ScoringPool([scorer], lambda m, s: prepare(m, source, ImageSettings(max_pixels=1_000_000), s.prepare,
+                                                      inspect=inspect), executors=[InlineExecutor()])
     batch = BatchSettings(max_size=max_size, max_wait_ms=50, max_buffered=2 * max_size, prepare_threads=0).resolved(False)
     worker = Worker(consumer, pool, completion, publishing, batch, retry, clock, metrics, health, threading.Event(),
                     guard=GuardSettings(fault_exit_s=0))
@@ -188,7 +233,7 @@ def test_no_input_or_fault_stalls_a_partition(watchlist, store, kinds, faults, m
     assert len(rows) == len(values)  # every event stored, once (the events table's key is event_id)
     for (partition, offset), row in rows.items():
         kind = kinds[[i for i in range(len(values)) if i % partitions == partition][offset]]
-        if kind in ("valid", "huge metadata"):
+        if kind in SCORED:
             assert row["status"] == "scored", (kind, row)
         else:
             assert row["status"] == "failed" and "\x00" not in row["error"], (kind, row)

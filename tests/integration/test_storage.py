@@ -8,7 +8,10 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from worker.storage import AttributionRecord, CalibrationRecord, EventOutcome, MemoryStore, SqlStore, upgrade
+from worker.storage import (
+    AttributionRecord, CalibrationRecord, EventOutcome, MemoryStore, ProvenanceErrorRecord, ProvenanceRecord, SqlStore,
+    upgrade,
+)
 
 
 def outcomes(first: int, n: int) -> list[EventOutcome]:
@@ -18,15 +21,25 @@ def outcomes(first: int, n: int) -> list[EventOutcome]:
         received = t0 + timedelta(seconds=i)
         if i % 3 == 2:  # a dead letter: no scores, an error with quotes, a percent sign and non-ASCII
             out.append(EventOutcome(f"ev-{i}", "uploads", i % 2, i, "failed", received,
-                                    error=f"bad_json: it's 100% \"broken\" — ünïcode {i}"))
+                                    error=f"bad_json: it's 100% \"broken\" — ünïcode {i}",
+                                    provenance_errors=(ProvenanceErrorRecord(0, "iptc", "malformed", f"DTD refused — {i}%"),)
+                                    if i % 2 else ()))
             continue
+        provenance = (
+            ProvenanceRecord(0, "c2pa", "trusted", "stable-diffusion-xl", True, True,
+                             '{"actions":[{"action":"c2pa.created"}],"signer":"it\'s \\u00fc 100%"}'),
+            ProvenanceRecord(1, "watermark", "unsigned", None, True, i % 2 == 0, '{"matching_bits":%d}' % (40 + i % 9)),
+        )[: i % 5 % 3]  # none, one or two signals
         attributions = tuple(
             AttributionRecord(m, 1e-3 * (i + 1), 1e-4 * (i + 2), 10.0 + i / 7, 0.25 + i / 1000, (10.0 + i / 7) * 0.25,
                               2.5, i % 2 == 0)
             for m in ("sd15", "flux")
         )
         out.append(EventOutcome(f"ev-{i}", "uploads", i % 2, i, "scored", received, received + timedelta(milliseconds=40),
-                                best_match="sd15" if i % 2 == 0 else None, attributions=attributions))
+                                best_match="sd15" if i % 2 == 0 else None, attributions=attributions,
+                                provenance=provenance,
+                                provenance_errors=(ProvenanceErrorRecord(0, "file", "limit", "10000 chunks; limit 256"),)
+                                if i % 4 == 0 else ()))
     return out
 
 
@@ -51,7 +64,12 @@ def test_saved_rows_read_back_exactly_and_redelivery_adds_nothing(store):
     events = {r["event_id"]: r for r in store.events()}
     assert sorted(events) == sorted(f"ev-{i}" for i in range(24))
     attributions = {(r["event_id"], r["model"]): r for r in store.attributions()}
+    signals = {(r["event_id"], r["idx"]): r for r in store.provenance_signals()}
+    errors = {(r["event_id"], r["idx"]): r for r in store.provenance_errors()}
+    assert len(signals) == len(store.provenance_signals()) and len(errors) == len(store.provenance_errors())
     expected = outcomes(0, 24)
+    assert sum(len(o.provenance) for o in expected) == len(signals) > 10
+    assert sum(len(o.provenance_errors) for o in expected) == len(errors) > 5
     assert len(attributions) == 2 * sum(1 for o in expected if o.status == "scored")
     for o in expected:
         row = events[o.event_id]
@@ -64,6 +82,30 @@ def test_saved_rows_read_back_exactly_and_redelivery_adds_nothing(store):
             assert (stored["loss1"], stored["loss2"], stored["ratio"], stored["homogeneity"], stored["score"],
                     stored["threshold"], stored["belongs"]) == (a.loss1, a.loss2, a.ratio, a.homogeneity, a.score,
                                                                 a.threshold, a.belongs)
+        for p in o.provenance:
+            got = signals.pop((o.event_id, p.idx))
+            assert (got["kind"], got["strength"], got["generator"], got["generative"], got["alerted"], got["detail"]) == \
+                (p.kind, p.strength, p.generator, p.generative, p.alerted, p.detail)
+        for e in o.provenance_errors:
+            got = errors.pop((o.event_id, e.idx))
+            assert (got["kind"], got["reason"], got["message"]) == (e.kind, e.reason, e.message)
+    assert signals == {} and errors == {}  # nothing beyond what was saved, once
+
+
+def test_provenance_rows_of_an_event_are_stored_with_it_in_one_transaction(store):
+    """A batch whose signal rows the database refuses stores nothing at all, its events rows
+    included (one transaction); saved again correctly, it is stored once."""
+    if isinstance(store, MemoryStore):
+        pytest.skip("the in-memory store has no constraint to break")
+    good = outcomes(0, 2)
+    broken = [good[0], EventOutcome("ev-x", "uploads", 0, 99, "scored", good[0].received_at, good[0].scored_at,
+                                    provenance=(ProvenanceRecord(0, "c2pa", "trusted", None, True, True, None),))]
+    with pytest.raises(Exception, match="(?i)null"):
+        store.save(broken)  # detail is NOT NULL
+    assert store.count_events() == 0 and store.provenance_signals() == []
+    store.save(good)
+    store.save(good)
+    assert store.count_events() == 2 and len(store.provenance_signals()) == 1
 
 
 def test_calibration_records_are_kept_once(store):

@@ -80,7 +80,8 @@ class Rig:
 
 
 def rig(watchlist, partitions: dict[int, list[bytes]], *, store: MemoryStore | None = None, scorer=None,
-        executor=None, producer_factory=None, guard: GuardSettings = GuardSettings(), **batch) -> Rig:
+        executor=None, producer_factory=None, guard: GuardSettings = GuardSettings(),
+        inspect=None, **batch) -> Rig:
     clock = FakeClock()
     broker = FakeBroker(clock=clock)
     broker.create_topic("uploads", max(partitions) + 1 if partitions else 1)
@@ -98,7 +99,7 @@ def rig(watchlist, partitions: dict[int, list[bytes]], *, store: MemoryStore | N
     completion = Completion(store, ProducerSlot(producer_factory or broker.producer), consumer, metrics, clock, health,
                             publishing, retry, ledger)
     fetcher = Fetcher(FetchSettings(), 10**7)
-    pool = ScoringPool([scorer or watchlist], lambda m, s: prepare(m, fetcher, ImageSettings(), s.prepare),
+    pool = ScoringPool([scorer or watchlist], lambda m, s: prepare(m, fetcher, ImageSettings(), s.prepare, inspect=inspect),
                        executors=[executor or InlineExecutor()])
     settings = BatchSettings(**{"max_size": 4, "max_wait_ms": 50, "max_buffered": 8, "prepare_threads": 0,
                                 **batch}).resolved(on_gpu=False)

@@ -43,8 +43,9 @@ class LagMonitor:
         self.group_lag: int | None = None
 
     def update(self, force: bool = False) -> None:
+        """Every `interval_s`, and at once when the assignment changed."""
         now = self.clock.monotonic()
-        if now < self._next and not force:
+        if now < self._next and not force and self.consumer.assignment() == self._shown:
             return
         self._next = now + self.interval_s
         try:

@@ -178,7 +178,12 @@ def test_finished_work_is_committed_before_a_partition_moves(backend):
         thread = threading.Thread(target=keep_polling, daemon=True)
         thread.start()
         deadline = time.monotonic() + 90
-        while not second.assignment() and time.monotonic() < deadline:
+
+        def settled() -> bool:  # both own partitions, between them all of them, none twice
+            a, b = first.assignment(), second.assignment()
+            return bool(a) and bool(b) and not a & b and a | b == set(finished)
+
+        while not settled() and time.monotonic() < deadline:
             second.poll(timeout_ms=200, max_records=10)
         done.set()
         thread.join(timeout=10)

@@ -75,7 +75,7 @@ def test_a_storm_of_joins_and_leaves_redelivers_at_most_the_in_flight_batches(br
     """Two steady workers; a third joins and leaves (SIGTERM) several times and is killed once,
     while events flow. Every event is stored once; an event is processed twice only when its
     batch was in flight in a partition that moved, or in the killed worker."""
-    cycles = int(os.environ.get("AEDR_STORM_CYCLES", "4"))
+    cycles = int(os.environ.get("AEDR_STORM_CYCLES", "3"))
     corpus = make_corpus(MODELS, per_model=30 * (cycles + 1), real=20 * (cycles + 1), seed=43, with_broken=False)
     n = len(corpus.values)
     waves = [slice(round(i * n / (cycles + 2)), round((i + 1) * n / (cycles + 2))) for i in range(cycles + 2)]

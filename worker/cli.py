@@ -14,6 +14,8 @@ import sys
 import threading
 from typing import Sequence
 
+from .config import AUTOENCODER_KINDS
+
 EXIT_USAGE = 2
 
 
@@ -25,8 +27,8 @@ def _add_model_args(parser: argparse.ArgumentParser, multiple: bool) -> None:
     )
     parser.add_argument("--subfolder", default=None, help="e.g. 'vae' for a whole pipeline directory")
     parser.add_argument("--name", default=None, help="model name in the output (default: --model as given)")
-    parser.add_argument("--kind", choices=["kl", "vq", "tiny"], default=None,
-                        help="autoencoder family (default: from config.json)")
+    parser.add_argument("--kind", choices=AUTOENCODER_KINDS, default=None,
+                        help="autoencoder family (default: from config.json's _class_name)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: CUDA if present)")
     parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32",
                         help="weight dtype; losses are always fp32")
@@ -109,7 +111,8 @@ def _cmd_score(args: argparse.Namespace) -> int:
     for model in models:
         calibration = by_hash.get(model.weights_sha256)
         if calibration is not None:
-            calibration.check_matches(model.weights_sha256, preprocessing_spec(model.spatial_factor, args.tile, model.dtype))
+            calibration.check_matches(model.weights_sha256, preprocessing_spec(model.spatial_factor, args.tile, model.dtype),
+                                      model.kind)
         pairs.append((model, calibration))
     failed = False
     for record in score_records(iter_image_paths(args.paths), pairs, args.batch_size, args.tile):

@@ -285,3 +285,20 @@ def test_shipped_calibrations_keep_loading_and_the_preprocessing_hash_is_unchang
         assert cal.family in ("", member.kind)
         assert (member not in older) == (cal.family == member.kind)
 
+
+def test_the_zoo_has_members_of_the_new_families_through_the_real_loading_path():
+    from worker.zoo import HELDOUT_PHOTOS, ZOO, load_photo, random_crops
+
+    assert {"dc", "flux2", "qwenimage"} <= {m.kind for m in ZOO}
+    crops = random_crops([load_photo(n) for n in HELDOUT_PHOTOS], 8, 64, np.random.default_rng(0))
+    x = torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 127.5 - 1  # photographs no member trained on
+    for member in ZOO:
+        config = json.loads((member.path / "config.json").read_text())
+        assert autoencoder_class(member.kind).__name__ == config["_class_name"]
+        assert (member.path / "diffusion_pytorch_model.safetensors").stat().st_size < 1.6e6  # small, committed
+        model = load_autoencoder(str(member.path), device="cpu")
+        assert model.kind == member.kind
+        with torch.inference_mode():
+            mse = float(((model.reconstruct(x) - x) ** 2).mean())
+        assert mse < 0.05  # a trained autoencoder, not random weights (those give ~0.3)
+

@@ -302,3 +302,16 @@ def test_the_zoo_has_members_of_the_new_families_through_the_real_loading_path()
             mse = float(((model.reconstruct(x) - x) ** 2).mean())
         assert mse < 0.05  # a trained autoencoder, not random weights (those give ~0.3)
 
+
+
+def test_the_watchlist_kind_key_takes_every_family_and_refuses_others(tmp_path):
+    from worker.config import ConfigError, load_settings
+
+    def settings(kind: str):
+        path = tmp_path / f"{kind}.toml"
+        path.write_text(f'[[watchlist]]\nname = "m"\nmodel = "/models/m"\ncalibration = "c.json"\nkind = "{kind}"\n')
+        return load_settings(path, env={})
+
+    assert [settings(kind).watchlist[0].kind for kind in KINDS] == list(KINDS)
+    with pytest.raises(ConfigError, match=r"watchlist\[0\].kind: unknown family 'sdxl'; expected one of kl, vq"):
+        settings("sdxl")

@@ -69,7 +69,7 @@ class Family:
     class_name: str  # diffusers class, as in config.json's `_class_name`
     latent: Literal["mode", "latents", "latent"]  # posterior mode, or the encoder's own tensor
     factor: Callable[[Mapping[str, Any]], int]  # pixels per latent cell, from the config
-    generators: str  # who ships this family (README, error messages)
+    generators: str  # who ships this family (for readers of the table; the README lists the same)
     frames: bool = False  # video VAE: (B, C, T, H, W) in and out, an image is T = 1
     channels_last: bool = True  # 4-D NHWC pays on CPU; 5-D video weights cannot take it
 

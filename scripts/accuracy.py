@@ -97,7 +97,7 @@ def main() -> None:
         "# Attribution accuracy on the mini zoo",
         "",
         "The paper's Table 1 (a model's own images vs other models' images) and Table 2 (own images",
-        "vs real photographs), measured on the project's mini zoo (worker/zoo: five tiny autoencoders",
+        f"vs real photographs), measured on the project's mini zoo (worker/zoo: {len(names)} tiny autoencoders",
         "trained here; no real SD/FLUX weights can be downloaded on this machine). Figures are",
         "balanced accuracy in %, (TPR on own + TNR on the negatives) / 2. The zoo's models are tiny",
         "and their \"generated\" images are decoder outputs of perturbed latents (scripts/make_sets.py),",
@@ -113,7 +113,7 @@ def main() -> None:
         f"Machine: {machine()}. Date: {datetime.now(timezone.utc):%Y-%m-%d}. Run time: {seconds:.0f} s.",
         "",
         f"Thresholds: KDE at 1 − α (α = {args.alpha:g}) on 150 calibration images per model. Test sets:",
-        "100 own images per model, 400 other-model images (the four others), 200 real crops, all",
+        f"100 own images per model, {100 * (len(names) - 1)} other-model images (the {len(names) - 1} others), 200 real crops, all",
         "64×64 PNG. \"α selected\" picks α on 50 own validation images vs 100 real validation crops.",
         "",
     ]

@@ -1,8 +1,11 @@
 """Thresholds: the (1 − α) quantile of a Gaussian KDE of a model's own scores (METHOD.md).
 
 Pure numpy/scipy: score arrays in, numbers out. A `Calibration` is the record that travels with
-a threshold (model, exact weights hash, preprocessing, α, τ, n) and is refused for any other
-weights or preprocessing, because a threshold means nothing outside the setting it was fitted in.
+a threshold (model, autoencoder family, exact weights hash, preprocessing, α, τ, n) and is
+refused for any other family, weights or preprocessing, because a threshold means nothing
+outside the setting it was fitted in. The family is its own field, not part of the
+preprocessing (whose hash the shipped calibrations carry): records written before it existed
+have none and are checked on weights and preprocessing only.
 """
 
 from __future__ import annotations
@@ -103,6 +106,7 @@ class Calibration:
     alpha_selection: dict[str, Any] | None = None
     score_summary: dict[str, float] = field(default_factory=dict)
     created_at: str = ""
+    family: str = ""  # the autoencoder family (worker.models.FAMILIES kind); "" in older records
 
     @classmethod
     def fit(
@@ -113,6 +117,7 @@ class Calibration:
         scores: Sequence[float],
         alpha: float = DEFAULT_ALPHA,
         alpha_selection: dict[str, Any] | None = None,
+        family: str = "",
     ) -> "Calibration":
         values = np.asarray(scores, dtype=np.float64)
         return cls(
@@ -131,6 +136,7 @@ class Calibration:
                 "std": float(np.std(values, ddof=1)),
             },
             created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            family=family,
         )
 
     def to_json(self) -> str:
@@ -160,8 +166,14 @@ class Calibration:
             raise CalibrationError(f"calibration file {path} has a non-finite threshold")
         return record
 
-    def check_matches(self, weights_sha256: str, preprocessing: dict[str, Any]) -> None:
-        """Refuse to apply this threshold to other weights or other preprocessing."""
+    def check_matches(self, weights_sha256: str, preprocessing: dict[str, Any], family: str | None = None) -> None:
+        """Refuse to apply this threshold to another family, other weights or other preprocessing.
+        The family is checked when both sides name one (records older than the field do not)."""
+        if self.family and family and family != self.family:
+            raise CalibrationError(
+                f"calibration for {self.model} was fitted on a {self.family} autoencoder, but the loaded "
+                f"model is a {family} autoencoder; recalibrate"
+            )
         if weights_sha256 != self.weights_sha256:
             raise CalibrationError(
                 f"calibration for {self.model} was fitted on weights {self.weights_sha256[:12]}…, "

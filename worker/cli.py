@@ -15,6 +15,8 @@ import sys
 import threading
 from typing import NoReturn, Sequence
 
+from .config import AUTOENCODER_KINDS
+
 # Exit statuses (README "Command line"): 0 done; 1 some inputs failed (score) or the worker
 # stopped on a fault of its own; 2 a usage, configuration, model, calibration or device error;
 # 3 a service (database, broker) unreachable at start; 70 a bug (an unexpected exception).
@@ -51,8 +53,8 @@ def _add_model_args(parser: argparse.ArgumentParser, multiple: bool) -> None:
     )
     parser.add_argument("--subfolder", default=None, help="e.g. 'vae' for a whole pipeline directory")
     parser.add_argument("--name", default=None, help="model name in the output (default: --model as given)")
-    parser.add_argument("--kind", choices=["kl", "vq", "tiny"], default=None,
-                        help="autoencoder family (default: from config.json)")
+    parser.add_argument("--kind", choices=AUTOENCODER_KINDS, default=None,
+                        help="autoencoder family (default: from config.json's _class_name)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: CUDA if present)")
     parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32",
                         help="weight dtype; losses are always fp32")
@@ -149,7 +151,8 @@ def _cmd_score(args: argparse.Namespace) -> int:
     for model in models:
         calibration = by_hash.get(model.weights_sha256)
         if calibration is not None:
-            calibration.check_matches(model.weights_sha256, preprocessing_spec(model.spatial_factor, args.tile, model.dtype))
+            calibration.check_matches(model.weights_sha256, preprocessing_spec(model.spatial_factor, args.tile, model.dtype),
+                                      model.kind)
         pairs.append((model, calibration))
     provenance = load_provenance(ProvenanceSettings(enabled=not args.no_provenance,
                                                     trust_anchor_paths=tuple(args.trust_anchor)))

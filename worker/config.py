@@ -19,6 +19,10 @@ from .errors import AedrError
 from .provenance.settings import ProvenanceSettings
 
 ENV_PREFIX = "AEDR_"
+# The autoencoder families a watchlist entry's `kind` may name: the kinds of worker.models.FAMILIES,
+# spelt out here so that settings and `aedr --help` need no torch import (a unit test keeps the
+# two equal). Empty `kind` means "from the model's config.json".
+AUTOENCODER_KINDS = ("kl", "vq", "tiny", "flux2", "qwenimage", "qwenimage21", "wan", "dc", "hunyuanimage")
 
 
 class ConfigError(AedrError, ValueError):
@@ -266,6 +270,9 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
     if not isinstance(entries, list):
         raise ConfigError("watchlist: expected [[watchlist]] tables")
     watchlist = tuple(_build(WatchlistEntry, e, f"watchlist[{i}]") for i, e in enumerate(entries))
+    for i, w in enumerate(watchlist):
+        if w.kind and w.kind not in AUTOENCODER_KINDS:
+            raise ConfigError(f"watchlist[{i}].kind: unknown family {w.kind!r}; expected one of {', '.join(AUTOENCODER_KINDS)}")
     names = [w.name for w in watchlist]
     if len(set(names)) != len(names):
         raise ConfigError(f"watchlist: duplicate model names in {names}")

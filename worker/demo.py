@@ -80,11 +80,12 @@ def report(events: list[CorpusEvent], positions: list[tuple[int, int]], stored: 
         event_id = r["event_id"] if r["event_id"] in truth else by_position.get((r["partition"], r["offset"]), r["event_id"])
         outcome[event_id] = r
     names = [m.name for m in ZOO]
+    width = max(len("model"), *(len(n) for n in names))
     lines = [
         "Per model: 'matches' counts images with t' < τ for that model (several models may match one",
         "image); 'best' counts images whose best match (lowest t'/τ) is that model: the attribution.",
         "",
-        f"{'model':<10} {'own':>4} {'matches':>8} {'precision':>10} {'recall':>7}   {'best':>5} {'precision':>10} {'recall':>7}",
+        f"{'model':<{width}} {'own':>4} {'matches':>8} {'precision':>10} {'recall':>7}   {'best':>5} {'precision':>10} {'recall':>7}",
     ]
     for name in names:
         own = sum(1 for t in truth.values() if t == name)
@@ -96,7 +97,7 @@ def report(events: list[CorpusEvent], positions: list[tuple[int, int]], stored: 
             precision = f"{correct / len(chosen):.2f}" if chosen else "-"
             cells.append((len(chosen), precision, f"{correct / own:.2f}" if own else "-"))
         (m, mp, mr), (b, bp, br) = cells
-        lines.append(f"{name:<10} {own:>4} {m:>8} {mp:>10} {mr:>7}   {b:>5} {bp:>10} {br:>7}")
+        lines.append(f"{name:<{width}} {own:>4} {m:>8} {mp:>10} {mr:>7}   {b:>5} {bp:>10} {br:>7}")
     real_ids = {e for e, t in truth.items() if t == REAL}
     flagged = {e for e in real_ids if outcome.get(e, {}).get("best_match")}
     lines.append(f"real photos: {len(real_ids)}, attributed to some model: {len(flagged)}")

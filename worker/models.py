@@ -1,13 +1,26 @@
 """The model boundary: the only place that loads autoencoder weights or picks a device.
 
-diffusers' autoencoder families expose encode/decode with different output types
-(`AutoencoderKL.encode → .latent_dist`, `VQModel.encode → .latents` with quantisation in
-`decode`, `AutoencoderTiny.encode → .latents`). `Autoencoder` adapts all three to one shape,
-`encode(x) → z` and `decode(z) → x̂`, so the scoring core never sees a family.
+diffusers' autoencoder families differ in what `encode` returns (a posterior `.latent_dist`, VQ
+pre-quantisation `.latents`, DC-AE's deterministic `.latent`), in the input layout (the video
+VAEs of Qwen-Image and Wan take (B, C, T, H, W); an image is one frame), in how the spatial
+factor is spelt in the config, and in the latent normalisation their pipelines apply. `FAMILIES`
+is one table that says all of that per diffusers class, and `Autoencoder` applies it, so the
+scoring core sees one shape: `encode(x) → z`, `decode(z) → x̂`, images (B, 3, H, W) in [−1, 1].
+
+Why no latent normalisation is applied: every supported pipeline maps the VAE's latent z to its
+diffusion latent by an invertible affine map (SD/SDXL/FLUX.1/SD3: `(z − shift)·scale`; FLUX.2:
+2×2 patchify, then the VAE's batch-norm running statistics `(p − μ)/√(σ² + ε)`; Qwen-Image and
+Wan: `(z − latents_mean)/latents_std` per channel; SANA and HunyuanImage: `z·scaling_factor`) and
+applies its inverse before `decode`. In a round trip D(E(x)) the map and its inverse cancel, so
+x1 is exactly the reconstruction that pipeline makes of x (up to float rounding, ~1e-7 relative);
+tests/unit/test_families.py proves it per family against the pipeline-style computation. The
+value range is [−1, 1] for every family (diffusers' `VaeImageProcessor` normalises to it;
+`AutoencoderTiny` maps to its own [0, 1] inside `encode`/`decode`).
 
 Loading is offline-safe: a local directory (diffusers layout, optionally a `subfolder` such as
 `vae` of a whole pipeline) or a hub id resolved from the local cache only. Nothing here reaches
-the network; a missing model is a `ModelNotFound` with one line that says what to do.
+the network; a missing or unsupported model is a `ModelNotFound` with one line that says what
+to do.
 """
 
 from __future__ import annotations
@@ -16,20 +29,15 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal, Mapping
 
 import torch
 
 from .errors import AedrError
 
-Kind = Literal["kl", "vq", "tiny"]
+Kind = Literal["kl", "vq", "tiny", "flux2", "qwenimage", "qwenimage21", "wan", "dc", "hunyuanimage"]
 DType = Literal["fp32", "fp16", "bf16"]
 
-_CLASS_KIND: dict[str, Kind] = {
-    "AutoencoderKL": "kl",
-    "VQModel": "vq",
-    "AutoencoderTiny": "tiny",
-}
 _TORCH_DTYPES: dict[str, torch.dtype] = {
     "fp32": torch.float32,
     "fp16": torch.float16,
@@ -37,32 +45,103 @@ _TORCH_DTYPES: dict[str, torch.dtype] = {
 }
 
 
+def _levels(key: str, default: tuple) -> Callable[[Mapping[str, Any]], int]:
+    """Factor 2^(n − 1) for an architecture with n resolution levels listed under `key`."""
+    return lambda config: 2 ** (len(config.get(key) or default) - 1)
+
+
+def _video_factor(config: Mapping[str, Any]) -> int:
+    """Qwen-Image / Wan: one spatial halving per entry of `temperal_downsample`, times the
+    optional pixel patchify of Wan 2.2-style VAEs."""
+    return 2 ** len(config.get("temperal_downsample") or (False, True, True)) * int(config.get("patch_size") or 1)
+
+
+def _hunyuan_factor(config: Mapping[str, Any]) -> int:
+    """HunyuanImage: downsampling stops at `spatial_compression_ratio` or at the last level."""
+    ratio = int(config["spatial_compression_ratio"])
+    levels = len(config["block_out_channels"]) - 1
+    return 2 ** min(ratio.bit_length() - 1, levels)
+
+
+@dataclass(frozen=True)
+class Family:
+    """One row of the family table: how a diffusers class becomes encode/decode of images."""
+
+    kind: str  # the short name used by --kind, the watchlist's `kind` and calibration records
+    class_name: str  # diffusers class, as in config.json's `_class_name`
+    latent: Literal["mode", "latents", "latent"]  # posterior mode, or the encoder's own tensor
+    factor: Callable[[Mapping[str, Any]], int]  # pixels per latent cell, from the config
+    generators: str  # who ships this family (for readers of the table; the README lists the same)
+    frames: bool = False  # video VAE: (B, C, T, H, W) in and out, an image is T = 1
+    channels_last: bool = True  # 4-D NHWC pays on CPU; 5-D video weights cannot take it
+
+
+FAMILIES: tuple[Family, ...] = (
+    Family("kl", "AutoencoderKL", "mode", _levels("block_out_channels", (64,)),
+           "SD 1.5/2/XL/3.5, FLUX.1, Z-Image, HiDream"),
+    Family("vq", "VQModel", "latents", _levels("block_out_channels", (64,)),
+           "VQ-Diffusion, Kandinsky 2.x (MoVQ)"),
+    Family("tiny", "AutoencoderTiny", "latents", _levels("encoder_block_out_channels", (64,) * 4),
+           "TAESD, TAESDXL, TAESD3, TAEF1"),
+    Family("flux2", "AutoencoderKLFlux2", "mode", _levels("block_out_channels", (128, 256, 512, 512)),
+           "FLUX.2"),
+    Family("qwenimage", "AutoencoderKLQwenImage", "mode", _video_factor, "Qwen-Image",
+           frames=True, channels_last=False),
+    Family("qwenimage21", "AutoencoderKLQwenImage21", "mode", _video_factor, "Qwen-Image 2.x",
+           frames=True, channels_last=False),
+    Family("wan", "AutoencoderKLWan", "mode", _video_factor, "Wan 2.1/2.2 (used for images)",
+           frames=True, channels_last=False),
+    Family("dc", "AutoencoderDC", "latent", _levels("encoder_block_out_channels", (128,) * 6),
+           "SANA (DC-AE)"),
+    Family("hunyuanimage", "AutoencoderKLHunyuanImage", "mode", _hunyuan_factor, "HunyuanImage 2.1"),
+)
+_BY_KIND: dict[str, Family] = {f.kind: f for f in FAMILIES}
+_BY_CLASS: dict[str, Family] = {f.class_name: f for f in FAMILIES}
+KINDS: tuple[str, ...] = tuple(_BY_KIND)
+
+
 class ModelNotFound(AedrError):
-    """The named autoencoder cannot be found locally; `str()` is a one-line instruction."""
+    """The named autoencoder cannot be found or used locally; `str()` is a one-line instruction."""
 
 
-def autoencoder_class(kind: Kind) -> type[torch.nn.Module]:
+def supported_families() -> str:
+    """One line naming every supported family: `AutoencoderKL (kl), VQModel (vq), …`."""
+    return ", ".join(f"{f.class_name} ({f.kind})" for f in FAMILIES)
+
+
+def family(kind: str) -> Family:
+    """The family row of a kind; `ValueError` naming the known kinds otherwise."""
+    try:
+        return _BY_KIND[kind]
+    except KeyError:
+        raise ValueError(f"unknown autoencoder kind {kind!r}; expected one of {', '.join(KINDS)}") from None
+
+
+def family_of_class(class_name: str) -> Family | None:
+    """The family of a config's `_class_name`, or None when the adapter does not know it."""
+    return _BY_CLASS.get(class_name)
+
+
+def autoencoder_class(kind: str) -> type[torch.nn.Module]:
     """The diffusers class of a family (imported lazily: diffusers is slow to import)."""
     import diffusers
 
-    classes = {
-        "kl": diffusers.AutoencoderKL,
-        "vq": diffusers.VQModel,
-        "tiny": diffusers.AutoencoderTiny,
-    }
-    try:
-        return classes[kind]
-    except KeyError:
-        raise ValueError(f"unknown autoencoder kind {kind!r}; expected one of {sorted(classes)}") from None
+    return getattr(diffusers, family(kind).class_name)
 
 
-def spatial_factor_of(kind: Kind, config: dict[str, Any]) -> int:
+def spatial_factor_of(kind: str, config: Mapping[str, Any]) -> int:
     """Downsampling factor between pixels and latents, from a diffusers config."""
-    if kind == "tiny":
-        blocks = config.get("encoder_block_out_channels", (64, 64, 64, 64))
-    else:
-        blocks = config.get("block_out_channels", (64,))
-    return 2 ** (len(blocks) - 1)
+    return family(kind).factor(config)
+
+
+def image_channels(kind: str, config: Mapping[str, Any]) -> int:
+    """Channels of the images the VAE takes: 3 (RGB) or 4 (RGBA: Qwen-Image 2.x, Qwen-Image-
+    Layered). A Wan 2.2-style video VAE patchifies pixels first and lists `in_channels` after it
+    (12 = 3·2²); FLUX.2's `patch_size` is the pipeline's latent patchify and changes nothing here."""
+    channels = int(config.get("in_channels", config.get("input_channels", 3)))
+    if family(kind).frames:
+        channels //= int(config.get("patch_size") or 1) ** 2
+    return channels
 
 
 class DeviceNotAvailable(AedrError):
@@ -102,7 +181,16 @@ def state_dict_sha256(module: torch.nn.Module) -> str:
 
 @dataclass
 class Autoencoder:
-    """A loaded autoencoder behind one interface: `encode`, `decode`, and what identifies it."""
+    """A loaded autoencoder behind one interface: `encode`, `decode`, and what identifies it.
+
+    `encode` takes RGB images (B, 3, H, W) in [−1, 1] and returns the deterministic latent
+    (B, C, h, w); `decode` returns RGB images of the same layout, unclamped by us (Qwen-Image and
+    Wan clamp inside their own decoder, as their pipelines see it). Video families get the frame
+    axis added and removed here; RGBA families (4 input channels) get an opaque alpha (+1) added
+    before each encode and the decoded alpha dropped: the worker scores RGB pixels, and an upload
+    without alpha is opaque. Video families keep per-call caches on the module, so one
+    `Autoencoder` serves one thread (the worker has one scoring thread per loaded model).
+    """
 
     name: str
     kind: Kind
@@ -116,6 +204,9 @@ class Autoencoder:
     channels_last: bool = True  # NHWC convolutions: 1.3–3× faster on CPU here (docs/PERFORMANCE.md)
 
     def __post_init__(self) -> None:
+        self.family = family(self.kind)
+        self.channels_last = self.channels_last and self.family.channels_last
+        self._rgba = image_channels(self.kind, dict(self.module.config)) == 4
         if self.channels_last:
             self.module = self.module.to(memory_format=torch.channels_last)
         self._roundtrip = self._roundtrip_eager
@@ -123,15 +214,24 @@ class Autoencoder:
             self._roundtrip = torch.compile(self._roundtrip_eager, mode=self.compile_mode, dynamic=False)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Deterministic latents: the posterior mode for KL, pre-quantisation latents for VQ."""
-        out = self.module.encode(x.to(self.device, self.dtype))
-        if self.kind == "kl":
-            return out.latent_dist.mode()
-        return out.latents
+        """Deterministic latents: the posterior mode, VQ pre-quantisation latents, DC's latent."""
+        x = x.to(self.device, self.dtype)
+        if self._rgba:
+            x = torch.cat([x, torch.ones_like(x[:, :1])], dim=1)
+        if self.family.frames:
+            x = x.unsqueeze(2)
+        out = self.module.encode(x)
+        z = out.latent_dist.mode() if self.family.latent == "mode" else getattr(out, self.family.latent)
+        return z[:, :, 0] if self.family.frames else z
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Pixels in [−1, 1] units (not clamped); VQ decodes with quantisation, as diffusers does."""
-        return self.module.decode(z).sample
+        """Pixels in [−1, 1] units (not clamped here); VQ decodes with quantisation, as diffusers does."""
+        if self.family.frames:
+            z = z.unsqueeze(2)
+        x = self.module.decode(z).sample
+        if self.family.frames:
+            x = x[:, :, 0]
+        return x[:, :3] if self._rgba else x
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """D(E(x)), compiled when `compile_mode` asks for it (shapes are fixed per batch)."""
@@ -201,7 +301,7 @@ def load_autoencoder(
     model: str,
     *,
     subfolder: str | None = None,
-    kind: Kind | None = None,
+    kind: str | None = None,
     name: str | None = None,
     device: str | None = None,
     dtype: DType = "fp32",
@@ -210,8 +310,9 @@ def load_autoencoder(
 ) -> Autoencoder:
     """Load a diffusers autoencoder from a local directory or the local hub cache, never the network.
 
-    `kind` is read from the config's `_class_name` unless given. Raises `ModelNotFound` with a
-    one-line instruction when the config or weights are missing.
+    `kind` (a row of `FAMILIES`) is read from the config's `_class_name` unless given. Raises
+    `ModelNotFound` with a one-line instruction when the config or weights are missing, or when
+    the class is not one the adapter knows (the line names it and lists the supported families).
     """
     local = Path(model).expanduser()
     is_local = local.exists()
@@ -235,14 +336,17 @@ def load_autoencoder(
                 "pass a local directory"
             )
         raise ModelNotFound(f"model {where}: {hint}")
+    class_name = config.get("_class_name", "")
     if kind is None:
-        class_name = config.get("_class_name", "")
-        if class_name not in _CLASS_KIND:
+        detected = family_of_class(class_name)
+        if detected is None:
             raise ModelNotFound(
-                f"model {where}: config class {class_name or '(none)'!r} is not a supported "
-                f"autoencoder ({', '.join(_CLASS_KIND)}); pass --kind to force one"
+                f"model {where}: config class {class_name or '(none)'!r} is not a supported autoencoder; "
+                f"supported families: {supported_families()}"
             )
-        kind = _CLASS_KIND[class_name]
+        kind = detected.kind
+    elif kind not in KINDS:
+        raise ModelNotFound(f"model {where}: unknown kind {kind!r}; supported families: {supported_families()}")
     cls = autoencoder_class(kind)
     try:
         module = cls.from_pretrained(
@@ -254,6 +358,11 @@ def load_autoencoder(
     except (OSError, EnvironmentError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelNotFound(f"model {where}: weights could not be loaded: {first}") from exc
+    if (channels := image_channels(kind, dict(module.config))) not in (3, 4):
+        raise ModelNotFound(
+            f"model {where}: {class_name or 'the autoencoder'} takes {channels}-channel images; "
+            "only RGB (3) and RGBA (4) autoencoders can score images"
+        )
     return from_module(
         module,
         kind,

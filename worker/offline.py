@@ -223,6 +223,7 @@ def calibrate(
         scores=own,
         alpha=0.05 if alpha is None else alpha,
         alpha_selection=selection,
+        family=model.kind,
     )
     return calibration, sets
 

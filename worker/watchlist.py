@@ -72,7 +72,8 @@ class Watchlist:
             )
             calibration = Calibration.load(entry.calibration)
             tile = calibration.preprocessing.get("tile")
-            calibration.check_matches(model.weights_sha256, preprocessing_spec(model.spatial_factor, tile, model.dtype))
+            calibration.check_matches(model.weights_sha256, preprocessing_spec(model.spatial_factor, tile, model.dtype),
+                                     model.kind)
             entries.append(WatchedModel(entry.name, model, calibration, tile))
         budget = pixel_budget(entries[0].model.device) if max_pixels < 0 and entries else (max_pixels or None)
         return cls(entries, batch_size, budget)

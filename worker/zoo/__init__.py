@@ -119,6 +119,55 @@ ZOO: tuple[ZooModel, ...] = (
         },
         seed=15,
     ),
+    # SANA-like DC-AE: deterministic latent, pixel-unshuffle shortcuts, linear attention in the
+    # last level. Spatial factor 8, not SANA's 32: at 32×32 training crops and 64×64 images a
+    # ×32 model has a 1×1 or 2×2 latent and cannot be a usable autoencoder.
+    ZooModel(
+        "dc-f8c8",
+        "dc",
+        {
+            "in_channels": 3,
+            "latent_channels": 8,
+            "attention_head_dim": 8,
+            "encoder_block_types": ["ResBlock"] * 3 + ["EfficientViTBlock"],
+            "decoder_block_types": ["ResBlock"] * 3 + ["EfficientViTBlock"],
+            "encoder_block_out_channels": [16, 32, 32, 32],
+            "decoder_block_out_channels": [16, 32, 32, 32],
+            "encoder_layers_per_block": [1, 1, 1, 1],
+            "decoder_layers_per_block": [1, 1, 1, 1],
+            "encoder_qkv_multiscales": [[], [], [], [5]],
+            "decoder_qkv_multiscales": [[], [], [], [5]],
+        },
+        seed=16,
+    ),
+    # FLUX.2-like: AutoencoderKLFlux2 (latent batch-norm statistics fitted after training).
+    ZooModel(
+        "flux2-f8c16",
+        "flux2",
+        {
+            **_KL_COMMON,
+            "down_block_types": ["DownEncoderBlock2D"] * 4,
+            "up_block_types": ["UpDecoderBlock2D"] * 4,
+            "block_out_channels": [16, 32, 32, 32],
+            "latent_channels": 16,
+        },
+        seed=17,
+    ),
+    # Qwen-Image-like causal video VAE scoring one-frame clips (latents_mean/std fitted after training).
+    ZooModel(
+        "qwen-f8c8",
+        "qwenimage",
+        {
+            "base_dim": 8,
+            "z_dim": 8,
+            "dim_mult": [1, 2, 2, 2],
+            "num_res_blocks": 1,
+            "temperal_downsample": [False, False, False],
+            "latents_mean": [0.0] * 8,
+            "latents_std": [1.0] * 8,
+        },
+        seed=18,
+    ),
 )
 
 

@@ -287,10 +287,11 @@ def test_shipped_calibrations_keep_loading_and_the_preprocessing_hash_is_unchang
 
 
 def test_the_zoo_has_members_of_the_new_families_through_the_real_loading_path():
-    from worker.zoo import HELDOUT_PHOTOS, ZOO, load_photo, random_crops
+    from worker.corpus import real_images
+    from worker.zoo import ZOO
 
     assert {"dc", "flux2", "qwenimage"} <= {m.kind for m in ZOO}
-    crops = random_crops([load_photo(n) for n in HELDOUT_PHOTOS], 8, 64, np.random.default_rng(0))
+    crops = real_images(8, 64, seed=0)
     x = torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 127.5 - 1  # photographs no member trained on
     for member in ZOO:
         config = json.loads((member.path / "config.json").read_text())

@@ -469,7 +469,7 @@ def mask_url(url: str) -> str:
     except Exception:
         return "<unparseable database url>"
     query = {k: ("***" if k.lower() in _SECRET_QUERY_KEYS else v) for k, v in parsed.query.items()}
-    return parsed.set(query=query).render_as_string(hide_password=True)
+    return parsed.set(query=query).render_as_string(hide_password=True).replace("%2A%2A%2A", "***")
 
 
 def database_secrets(url: str) -> list[str]:

@@ -157,10 +157,14 @@ class LoggingListener:
     (a commit) are refused, so nothing here touches the loop's state (worker.pipeline)."""
 
     def on_partitions_revoked(self, revoked: Sequence[Partition]) -> None:
-        log.info("revoked %d partition(s)", len(revoked))
+        log.info("revoked %d partition(s)", len(revoked), extra={"partitions": _names(revoked)})
 
     def on_partitions_assigned(self, assigned: Sequence[Partition]) -> None:
-        log.info("assigned %d partition(s)", len(assigned))
+        log.info("assigned %d partition(s)", len(assigned), extra={"partitions": _names(assigned)})
+
+
+def _names(partitions: Sequence[Partition]) -> list[str]:
+    return sorted(f"{p.topic}/{p.partition}" for p in partitions)
 
 
 class KafkaConsumerAdapter:

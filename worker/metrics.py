@@ -1,7 +1,8 @@
 """Prometheus metrics on a given registry, and the HTTP endpoint: /metrics, /healthz, /readyz.
 
 The metric names here are a contract with deploy/ (Grafana dashboards, alert rules, KEDA); tests
-scrape a running worker and check every name those files use. Labels carry only bounded values
+scrape a running worker and check every name those files use. The standard process, platform and garbage-collector metrics are
+registered on the same registry. Labels carry only bounded values
 (outcome, model name, stage, reason, partition): never an event id, URL or secret.
 """
 
@@ -11,7 +12,16 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -24,6 +34,11 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry):
         self.registry = registry
+        # The standard process metrics (process_resident_memory_bytes, process_cpu_seconds_total,
+        # process_open_fds, python_gc_*, python_info), on this registry rather than the global one.
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
+        GCCollector(registry=registry)
         self.events = Counter(
             "aedr_events", "Events finished, by outcome (scored | dead_lettered).", ["outcome"], registry=registry
         )

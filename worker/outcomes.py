@@ -40,6 +40,12 @@ class Publishing:
     dlq: str
     max_alert_bytes: int = 1_000_000
     max_message_bytes: int = 32 * 1024 * 1024  # the producer's max_request_size
+    forward_headers: tuple[str, ...] = ()  # input headers copied onto alerts (kafka.forward_headers)
+
+    def forwarded(self, headers: tuple[tuple[str, bytes], ...]) -> tuple[tuple[str, bytes], ...]:
+        """The input headers named in `forward_headers` (case-insensitive), in their order."""
+        wanted = {h.lower() for h in self.forward_headers}
+        return tuple((k, v) for k, v in headers if k.lower() in wanted) if wanted else ()
 
 
 @dataclass(frozen=True)
@@ -95,7 +101,8 @@ def build(judged: Sequence[Judged], publishing: Publishing, scored_at: datetime)
         alert = None
         if best is not None and p.event is not None:
             alert = Outbound(publishing.alerts, p.event.event_id.encode(),
-                             fitted_alert(p.event, matches, best, when, publishing.max_alert_bytes))
+                             fitted_alert(p.event, matches, best, when, publishing.max_alert_bytes),
+                             publishing.forwarded(m.headers))
         out.append(EventResult(row, alert))
     return out
 

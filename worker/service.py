@@ -108,7 +108,7 @@ def _build(settings: Settings, stop: threading.Event, registry: CollectorRegistr
     database_url = settings.database.resolved_url()  # reads the secret file once
     log.info("metrics on http://%s:%d/metrics; database %s", settings.metrics.host, server.port, mask_url(database_url))
     with reaching(database_url):
-        store = SqlStore.from_url(database_url)
+        store = SqlStore.from_url(database_url, settings.database)
         opened.append(store.close)
         store.ping()  # fail fast, in one line, when the database is not there
     scoring = settings.scoring
@@ -134,9 +134,11 @@ def _build(settings: Settings, stop: threading.Event, registry: CollectorRegistr
     opened.append(consumer.close)
     producers = ProducerSlot(partial(make_producer, settings.kafka))
     opened.append(partial(producers.close, timeout_s=10))
+    producers.producer  # made now, so that a broker refusing it is one line at start, not a retry loop
     clock = SystemClock()
     kafka = settings.kafka
-    publishing = Publishing(kafka.alerts_topic, kafka.dlq_topic, kafka.max_alert_bytes, kafka.max_request_size)
+    publishing = Publishing(kafka.alerts_topic, kafka.dlq_topic, kafka.max_alert_bytes, kafka.max_request_size,
+                            kafka.forward_headers)
     completion = Completion(store, producers, consumer, metrics, clock, health, publishing, settings.retry)
     worker = Worker(consumer, pool, completion, publishing, batch, settings.retry, clock, metrics, health, stop,
                     prepare_pool, guard=settings.guard)

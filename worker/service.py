@@ -111,6 +111,14 @@ def _build(settings: Settings, stop: threading.Event, registry: CollectorRegistr
         store = SqlStore.from_url(database_url, settings.database)
         opened.append(store.close)
         store.ping()  # fail fast, in one line, when the database is not there
+    # The broker next, before the (possibly minutes-long) model loading: a broker that cannot be
+    # reached or refuses our TLS or credentials is one line within kafka.connect_timeout_ms.
+    # Neither client joins the group or sends anything until the loop polls and publishes.
+    consumer = make_consumer(settings.kafka, LoggingListener())  # raises ServiceUnavailable, one line
+    opened.append(consumer.close)
+    producers = ProducerSlot(partial(make_producer, settings.kafka))
+    opened.append(partial(producers.close, timeout_s=10))
+    producers.producer  # made now, so that a broker refusing it is one line at start, not a retry loop
     scoring = settings.scoring
     scorers = [Watchlist.load(settings.watchlist, device, scoring.batch_size, scoring.compile, scoring.channels_last,
                               scoring.max_batch_pixels, interrupted=stop.is_set)
@@ -130,11 +138,6 @@ def _build(settings: Settings, stop: threading.Event, registry: CollectorRegistr
                     if batch.prepare_threads > 0 else None)
     if prepare_pool is not None:
         opened.append(partial(prepare_pool.shutdown, wait=False, cancel_futures=True))
-    consumer = make_consumer(settings.kafka, LoggingListener())  # raises ServiceUnavailable, one line
-    opened.append(consumer.close)
-    producers = ProducerSlot(partial(make_producer, settings.kafka))
-    opened.append(partial(producers.close, timeout_s=10))
-    producers.producer  # made now, so that a broker refusing it is one line at start, not a retry loop
     clock = SystemClock()
     kafka = settings.kafka
     publishing = Publishing(kafka.alerts_topic, kafka.dlq_topic, kafka.max_alert_bytes, kafka.max_request_size,

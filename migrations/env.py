@@ -6,9 +6,9 @@ from __future__ import annotations
 import os
 
 from alembic import context
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, text
 
-from worker.storage import Base
+from worker.storage import MIGRATION_LOCK_KEY, Base
 
 config = context.config
 url = config.attributes.get("url") or os.environ.get("AEDR_DATABASE__URL") or config.get_main_option("sqlalchemy.url")
@@ -23,16 +23,31 @@ def run_migrations_offline() -> None:
 
 
 def run_migrations_online() -> None:
+    """Each migration in its own transaction. On Postgres, a session-level advisory lock is
+    held throughout, so that several `aedr db upgrade` (one per pod's init container) run one
+    after the other; each reads the current revision only once it holds the lock."""
     engine = create_engine(url)
     try:
         with engine.connect() as connection:
-            context.configure(
-                connection=connection,
-                target_metadata=Base.metadata,
-                render_as_batch=connection.dialect.name == "sqlite",
-            )
-            with context.begin_transaction():
-                context.run_migrations()
+            postgres = connection.dialect.name == "postgresql"
+            if postgres:
+                connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+                connection.commit()
+            try:
+                context.configure(
+                    connection=connection,
+                    target_metadata=Base.metadata,
+                    render_as_batch=connection.dialect.name == "sqlite",
+                    transaction_per_migration=True,
+                )
+                with context.begin_transaction():
+                    context.run_migrations()
+            finally:
+                if postgres:
+                    if connection.in_transaction():
+                        connection.rollback()
+                    connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY})
+                    connection.commit()
     finally:
         engine.dispose()
 

@@ -2,8 +2,9 @@
 composed in `worker.service.build`).
 
 Subcommands: `score` and `calibrate` work on files; `serve` runs the stream worker; `demo` runs
-the whole system on this machine; `db upgrade` applies migrations. Expected failures (a missing
-model, a bad calibration, a bad config) print one `aedr: error:` line and exit 2, never a trace.
+the whole system on this machine; `db upgrade` applies migrations and `db prune` deletes old
+rows. Expected failures (a missing model, a bad calibration, a bad config, a failed migration)
+print one `aedr: error:` line and exit with the documented status, never a trace.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import logging
 import sys
 import threading
+from datetime import timedelta
 from typing import NoReturn, Sequence
 
 from .config import AUTOENCODER_KINDS
@@ -45,6 +47,31 @@ def fraction(text: str) -> float:
     return value
 
 
+def duration(text: str) -> timedelta:
+    """`90d`, `12h`, `30m`, `45s` or `2w` as a timedelta (at least one second)."""
+    units = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+    number, unit = text[:-1], text[-1:].lower()
+    try:
+        value = float(number)
+    except ValueError:
+        value = -1.0
+    if unit not in units or not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 90d, 12h, 30m or 2w")
+    result = timedelta(**{units[unit]: value})
+    if result.total_seconds() < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is shorter than a second")
+    return result
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("aedr")
+    except PackageNotFoundError:  # running from a checkout that was never installed
+        return "unknown (not installed)"
+
+
 def _add_model_args(parser: argparse.ArgumentParser, multiple: bool) -> None:
     parser.add_argument(
         "--model", required=True, action="append" if multiple else "store",
@@ -73,6 +100,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="aedr", description="AEDR generative-model attribution")
+    parser.add_argument("--version", action="version", version=f"aedr {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     score = sub.add_parser("score", help="score image files: JSON Lines on stdout")
@@ -83,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="C2PA trust anchors (PEM; repeatable): credentials chaining to one are 'trusted'")
     score.add_argument("--no-provenance", action="store_true",
                        help="do not read provenance (C2PA, IPTC, generator metadata, SD/SDXL watermark)")
+    score.add_argument("--progress", action="store_true", default=None,
+                       help="a progress bar on stderr (default: only when stderr is a terminal)")
+    score.add_argument("--no-progress", dest="progress", action="store_false")
     score.add_argument("paths", nargs="+", metavar="PATH", help="image files or directories")
 
     cal = sub.add_parser("calibrate", help="fit a model's threshold on images it generated")
@@ -97,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the stream worker")
     serve.add_argument("--config", default=None, help="TOML settings (AEDR_<SECTION>__<KEY> overrides)")
-    serve.add_argument("--log-level", default="INFO")
+    serve.add_argument("--log-level", default=None, help="overrides logging.level (default INFO)")
 
     demo = sub.add_parser("demo", help="run the whole system locally: broker, worker, database, report")
     demo.add_argument("--database-url", default=None, help="default: SQLite in a temporary directory")
@@ -111,6 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
     up = db_sub.add_parser("upgrade", help="apply Alembic migrations")
     up.add_argument("--config", default=None, help="TOML settings (database.url)")
     up.add_argument("--database-url", default=None, help="overrides the config")
+    prune = db_sub.add_parser("prune", help="delete events (and their attributions) older than a cut-off")
+    prune.add_argument("--older-than", type=duration, required=True, help="e.g. 90d, 12h, 2w")
+    prune.add_argument("--config", default=None, help="TOML settings (database.*)")
+    prune.add_argument("--database-url", default=None, help="overrides the config")
+    prune.add_argument("--batch-size", type=positive_int, default=5000, help="events per transaction")
+    prune.add_argument("--dry-run", action="store_true", help="count what would be deleted; delete nothing")
 
     return parser
 
@@ -165,9 +202,25 @@ def _cmd_score(args: argparse.Namespace) -> int:
             yield path
         yield from _drain(unreadable)
 
-    for record in score_records(paths(), pairs, args.batch_size, args.tile, provenance=provenance):
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    bar = None
+    inputs = paths()
+    if progress:
+        from tqdm import tqdm
+
+        inputs = list(inputs)  # walking is cheap; the total makes the bar useful
+        bar = tqdm(total=len(inputs), unit="image", file=sys.stderr, dynamic_ncols=True)
+    last = None
+    # smaller chunks with a bar, so that it moves while a large set is scored
+    chunk = max(4 * args.batch_size, 32) if bar else 256
+    for record in score_records(inputs, pairs, args.batch_size, args.tile, chunk=chunk, provenance=provenance):
         failed = failed or "error" in record
         sys.stdout.write(json.dumps(record) + "\n")
+        if bar is not None and record["image"] != last:
+            last = record["image"]
+            bar.update(1)
+    if bar is not None:
+        bar.close()
     sys.stdout.flush()
     return 1 if failed else 0
 
@@ -205,8 +258,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from .config import load_settings
     from .service import build, configure_process
 
+    from .logs import configure
+
     settings = load_settings(args.config)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure(settings.logging.format, args.log_level or settings.logging.level)
     configure_process(settings.scoring)
     service = build(settings, stop)
     if service is None:  # stopped during start-up
@@ -238,12 +293,38 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_db(args: argparse.Namespace) -> int:
     from .config import load_settings, mask_url
+
+    settings = load_settings(args.config)
+    url = args.database_url or settings.database.resolved_url()
+    if args.db_command == "prune":
+        return _cmd_prune(args, url, settings)
     from .storage import reaching, upgrade
 
-    url = args.database_url or load_settings(args.config).database.resolved_url()
     with reaching(url):
         upgrade(url)
     print(f"aedr: database {mask_url(url)} is at the latest migration", file=sys.stderr)
+    return 0
+
+
+def _cmd_prune(args: argparse.Namespace, url: str, settings) -> int:
+    """One JSON line on stdout with what was (or would be) deleted; progress on stderr."""
+    from datetime import datetime, timezone
+
+    from .config import mask_url
+    from .storage import make_engine, prune, reaching
+
+    cutoff = datetime.now(timezone.utc) - args.older_than
+    with reaching(url):
+        engine = make_engine(url, settings.database)
+        try:
+            result = prune(engine, cutoff, args.batch_size, args.dry_run,
+                           progress=lambda r: print(f"aedr: pruned {r.events} event(s) in {r.batches} batch(es)",
+                                                    file=sys.stderr) if r.batches % 20 == 0 else None)
+        finally:
+            engine.dispose()
+    print(json.dumps({"database": mask_url(url), "cutoff": cutoff.isoformat(), "dry_run": result.dry_run,
+                      "events": result.events, "attributions": result.attributions, "batches": result.batches,
+                      "seconds": round(result.seconds, 3)}))
     return 0
 
 

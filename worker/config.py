@@ -29,18 +29,44 @@ class ConfigError(AedrError, ValueError):
     """The configuration is missing, malformed or inconsistent; one line says which key."""
 
 
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER")
+ASSIGNMENT_STRATEGIES = ("range", "roundrobin", "sticky", "cooperative-sticky")
+
+
 @dataclass(frozen=True)
 class KafkaSettings:
+    """How to reach the cluster and what to read and write there.
+
+    Connection keys follow the client's own names (kafka-python's `security_protocol`,
+    `ssl_cafile`, `sasl_mechanism`, …). Secrets (`sasl_password`, `ssl_password`,
+    `sasl_oauth_token`) come from the environment (`AEDR_KAFKA__SASL_PASSWORD`) or from a file
+    (`sasl_password_file`: a mounted Secret, read each time a client connects), never from the
+    TOML. Any other client option goes in `consumer_options`, `producer_options` or
+    `admin_options`, checked against the client's option names at start.
+    """
+
     bootstrap_servers: str = "127.0.0.1:9092"
     topic: str = "uploads"
     group_id: str = "aedr"
     alerts_topic: str = "aedr.alerts"
     dlq_topic: str = "uploads.dlq"
     client_id: str = "aedr-worker"
-    security_protocol: str = "PLAINTEXT"
-    sasl_mechanism: str = ""
+    security_protocol: str = "PLAINTEXT"  # PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL
+    ssl_cafile: str = ""  # PEM bundle of the CAs that sign the brokers' certificates; "" = the system's
+    ssl_certfile: str = ""  # client certificate (PEM), for brokers that require mutual TLS
+    ssl_keyfile: str = ""  # its private key (PEM)
+    ssl_password: str = field(default="", repr=False)  # the key's passphrase: environment only
+    ssl_password_file: str = ""  # or a file holding it
+    ssl_crlfile: str = ""  # certificate revocation list (PEM)
+    ssl_check_hostname: bool = True  # the broker's certificate must name the host dialled
+    sasl_mechanism: str = ""  # PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512 | OAUTHBEARER
     sasl_username: str = ""
-    sasl_password: str = ""
+    sasl_password: str = field(default="", repr=False)  # environment only
+    sasl_password_file: str = ""  # or a file holding it
+    sasl_oauth_token: str = field(default="", repr=False)  # OAUTHBEARER: a bearer token, environment only
+    sasl_oauth_token_file: str = ""  # or a file, read at every (re)connection so a rotated token is used
+    connect_timeout_ms: int = 30_000  # a client that cannot bootstrap within this is one `aedr: error:` line
     session_timeout_ms: int = 10_000
     heartbeat_interval_ms: int = 3_000
     max_poll_interval_ms: int = 300_000
@@ -48,12 +74,39 @@ class KafkaSettings:
     max_request_size: int = 32 * 1024 * 1024
     max_alert_bytes: int = 1_000_000  # alerts' metadata is cut (and marked) to fit; brokers default to ~1 MB
     auto_offset_reset: str = "earliest"
+    # Preferred first; list two to move a running group from one to the other (KIP-429).
+    partition_assignment_strategy: tuple[str, ...] = ("range", "roundrobin")
+    group_instance_id: str = ""  # static membership (KIP-345): a stable id per replica, e.g. a StatefulSet pod name
+    forward_headers: tuple[str, ...] = ()  # input headers copied onto alerts, e.g. ["traceparent", "x-request-id"]
+    consumer_options: dict[str, Any] = field(default_factory=dict)  # any other KafkaConsumer option
+    producer_options: dict[str, Any] = field(default_factory=dict)  # any other KafkaProducer option
+    admin_options: dict[str, Any] = field(default_factory=dict)  # any other KafkaAdminClient option
+
+    def secret(self, name: str) -> str:
+        """`sasl_password`, `ssl_password` or `sasl_oauth_token`: its value, or the content of
+        `<name>_file` (read now, so a rotated secret is picked up at the next connection)."""
+        value, path = getattr(self, name), getattr(self, f"{name}_file")
+        if value or not path:
+            return value
+        try:
+            return Path(path).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"kafka.{name}_file {path}: {exc.strerror or exc}") from None
 
 
 @dataclass(frozen=True)
 class DatabaseSettings:
+    """Where rows go. TLS and other libpq settings go in the URL's query string
+    (`?sslmode=verify-full&sslrootcert=/etc/ssl/db-ca.pem`); the password belongs in the
+    environment (`AEDR_DATABASE__URL`) or in `url_file`, never in the TOML."""
+
     url: str = "sqlite:///aedr.sqlite"
     url_file: str = ""  # read the URL from this file instead (a mounted secret)
+    pool_size: int = 2  # connections kept open (Postgres); a worker stores one batch at a time
+    max_overflow: int = 2  # extra connections under a burst, closed when returned
+    pool_timeout_s: float = 30.0  # wait for a free connection at most this long
+    pool_recycle_s: float = 1800.0  # reopen connections older than this (proxies and firewalls drop idle ones); 0 = never
+    connect_timeout_s: float = 10.0  # a new connection gives up after this (libpq connect_timeout)
 
     def resolved_url(self) -> str:
         if self.url_file:
@@ -163,6 +216,16 @@ class GuardSettings:
 
 
 @dataclass(frozen=True)
+class LoggingSettings:
+    """`format = "json"`: one JSON object per line (time, level, logger, message, and fields
+    such as `event_id`, `topic`, `partition`, `offset` where the code passes them), for log
+    pipelines; "text" (the default) for people. `level`: DEBUG, INFO, WARNING, ERROR."""
+
+    format: str = "text"
+    level: str = "INFO"
+
+
+@dataclass(frozen=True)
 class WatchlistEntry:
     name: str
     model: str
@@ -186,6 +249,7 @@ class Settings:
     # defaults and what each means are in worker/provenance/settings.py; README "Provenance".
     provenance: ProvenanceSettings = field(default_factory=ProvenanceSettings)
     guard: GuardSettings = field(default_factory=GuardSettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
     watchlist: tuple[WatchlistEntry, ...] = ()
 
     def replace(self, **sections: Any) -> "Settings":
@@ -214,12 +278,23 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     elif annotation is str:
         if isinstance(value, str):
             return value
+    elif origin is dict:
+        if isinstance(value, str):  # from the environment: a JSON object
+            import json
+
+            try:
+                value = json.loads(value)
+            except ValueError:
+                pass
+        if isinstance(value, dict):
+            return dict(value)
     elif origin is tuple:
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
         if isinstance(value, list) and all(isinstance(v, str) for v in value):
             return tuple(value)
-    raise ConfigError(f"{where}: expected {getattr(annotation, '__name__', annotation)}, got {value!r}")
+    expected = "a table" if origin is dict else getattr(annotation, "__name__", annotation)
+    raise ConfigError(f"{where}: expected {expected}, got {value!r}")
 
 
 def _build(cls: type, raw: Mapping[str, Any], where: str) -> Any:
@@ -289,7 +364,9 @@ _MINIMA = (
     ("fetch", "timeout_s", 0.001), ("fetch", "max_redirects", 0),
     ("scoring", "batch_size", 1), ("scoring", "threads", 0),
     ("kafka", "max_request_size", 1024), ("kafka", "max_alert_bytes", 1024),
-    ("kafka", "session_timeout_ms", 1), ("kafka", "heartbeat_interval_ms", 1),
+    ("kafka", "session_timeout_ms", 1), ("kafka", "heartbeat_interval_ms", 1), ("kafka", "connect_timeout_ms", 1),
+    ("database", "pool_size", 1), ("database", "max_overflow", 0), ("database", "pool_timeout_s", 0.001),
+    ("database", "pool_recycle_s", 0), ("database", "connect_timeout_s", 1),
     ("metrics", "port", 0),
     ("guard", "fault_exit_s", 0), ("guard", "dead_letter_fraction", 0), ("guard", "dead_letter_window", 1),
     ("guard", "stall_s", 1), ("guard", "unassigned_exit_s", 0),
@@ -307,9 +384,58 @@ def _check_ranges(settings: Settings) -> None:
         raise ConfigError(f"guard.dead_letter_fraction must be ≤ 1, got {settings.guard.dead_letter_fraction}")
     if settings.metrics.port > 65535:
         raise ConfigError(f"metrics.port must be ≤ 65535, got {settings.metrics.port}")
+    _check_kafka(settings.kafka)
+    if settings.logging.format not in ("text", "json"):
+        raise ConfigError(f"logging.format must be text or json, got {settings.logging.format!r}")
+    if settings.logging.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ConfigError(f"logging.level must be DEBUG, INFO, WARNING or ERROR, got {settings.logging.level!r}")
     for i, entry in enumerate(settings.watchlist):
         if not entry.name.strip() or not entry.model.strip() or not entry.calibration.strip():
             raise ConfigError(f"watchlist[{i}]: name, model and calibration must not be empty")
+
+
+def _check_kafka(kafka: KafkaSettings) -> None:
+    """The connection keys agree with each other, and every pass-through option is one the
+    client knows (checked against kafka-python's own option names, in worker.kafka_io)."""
+    if kafka.security_protocol not in SECURITY_PROTOCOLS:
+        raise ConfigError(f"kafka.security_protocol must be one of {', '.join(SECURITY_PROTOCOLS)}, "
+                          f"got {kafka.security_protocol!r}")
+    sasl = kafka.security_protocol.startswith("SASL_")
+    if sasl and kafka.sasl_mechanism not in SASL_MECHANISMS:
+        raise ConfigError(f"kafka.sasl_mechanism must be one of {', '.join(SASL_MECHANISMS)} with "
+                          f"{kafka.security_protocol}, got {kafka.sasl_mechanism!r}")
+    if not sasl and kafka.sasl_mechanism:
+        raise ConfigError(f"kafka.sasl_mechanism is set but kafka.security_protocol is {kafka.security_protocol}: "
+                          "use SASL_SSL (or SASL_PLAINTEXT)")
+    if sasl and kafka.sasl_mechanism == "OAUTHBEARER":
+        if not (kafka.sasl_oauth_token or kafka.sasl_oauth_token_file):
+            raise ConfigError("kafka.sasl_mechanism OAUTHBEARER needs kafka.sasl_oauth_token_file "
+                              "(or AEDR_KAFKA__SASL_OAUTH_TOKEN)")
+    elif sasl:
+        if not kafka.sasl_username or not (kafka.sasl_password or kafka.sasl_password_file):
+            raise ConfigError(f"kafka.sasl_mechanism {kafka.sasl_mechanism} needs kafka.sasl_username and "
+                              "AEDR_KAFKA__SASL_PASSWORD (or kafka.sasl_password_file)")
+    if (kafka.ssl_certfile or kafka.ssl_keyfile) and not kafka.ssl_certfile:
+        raise ConfigError("kafka.ssl_keyfile is set without kafka.ssl_certfile")
+    ssl_keys = [k for k in ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_crlfile") if getattr(kafka, k)]
+    if ssl_keys and kafka.security_protocol not in ("SSL", "SASL_SSL"):
+        raise ConfigError(f"kafka.{ssl_keys[0]} is set but kafka.security_protocol is {kafka.security_protocol}: "
+                          "use SSL or SASL_SSL")
+    for key in ssl_keys:
+        if not Path(getattr(kafka, key)).is_file():
+            raise ConfigError(f"kafka.{key} {getattr(kafka, key)}: no such file")
+    strategies = kafka.partition_assignment_strategy
+    unknown = [s for s in strategies if s not in ASSIGNMENT_STRATEGIES]
+    if not strategies or unknown:
+        raise ConfigError(f"kafka.partition_assignment_strategy: each must be one of "
+                          f"{', '.join(ASSIGNMENT_STRATEGIES)}, got {list(strategies)}")
+    from .kafka_io import check_client_options  # kafka_io is the only module that imports kafka-python
+
+    for role in ("consumer", "producer", "admin"):
+        check_client_options(role, getattr(kafka, f"{role}_options"))
+
+
+_SECRET_KEYS = ("sasl_password", "ssl_password", "sasl_oauth_token")
 
 
 def _refuse_secrets_in_file(raw: dict[str, Any]) -> None:
@@ -323,20 +449,79 @@ def _refuse_secrets_in_file(raw: dict[str, Any]) -> None:
             has_password = make_url(url).password is not None
         except Exception:
             has_password = False
-        if has_password:
+        if has_password or _query_secret(url):
             raise ConfigError(
                 "database.url in the config file contains a password; set AEDR_DATABASE__URL "
                 "or database.url_file (a secret file) instead"
             )
-    if raw.get("kafka", {}).get("sasl_password"):
-        raise ConfigError("kafka.sasl_password must not be in the config file; set AEDR_KAFKA__SASL_PASSWORD")
+    kafka = raw.get("kafka", {})
+    if not isinstance(kafka, dict):
+        return
+    for key in _SECRET_KEYS:
+        if kafka.get(key):
+            raise ConfigError(f"kafka.{key} must not be in the config file; set AEDR_KAFKA__{key.upper()} "
+                              f"or kafka.{key}_file (a secret file)")
+    for table in ("consumer_options", "producer_options", "admin_options"):
+        options = kafka.get(table)
+        for key in options if isinstance(options, dict) else ():
+            if "password" in key or "token" in key:
+                raise ConfigError(f"kafka.{table}.{key} must not be in the config file; use kafka.sasl_password_file, "
+                                  "kafka.ssl_password_file or kafka.sasl_oauth_token_file")
+
+
+# libpq and psycopg2 take these in a URL's query string too (`?password=…`).
+_SECRET_QUERY_KEYS = ("password", "sslpassword")
+
+
+def _query_secret(url: str) -> bool:
+    import urllib.parse
+
+    query = urllib.parse.urlsplit(url).query if "?" in url else ""
+    return any(k.lower() in _SECRET_QUERY_KEYS and v for k, v in urllib.parse.parse_qsl(query))
 
 
 def mask_url(url: str) -> str:
-    """A database URL with its password replaced by ***, for logs."""
+    """A database URL with its password replaced by ***, for logs: the `user:password@` form
+    and `?password=` / `?sslpassword=` in the query string alike."""
     from sqlalchemy.engine import make_url
 
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        parsed = make_url(url)
     except Exception:
         return "<unparseable database url>"
+    query = {k: ("***" if k.lower() in _SECRET_QUERY_KEYS else v) for k, v in parsed.query.items()}
+    return parsed.set(query=query).render_as_string(hide_password=True).replace("%2A%2A%2A", "***")
+
+
+def database_secrets(url: str) -> list[str]:
+    """Every password-like value in a database URL (as written and URL-decoded), so that an error
+    message that quotes the URL or a part of it can be scrubbed (`scrub`)."""
+    import urllib.parse
+
+    found: list[str] = []
+    try:
+        from sqlalchemy.engine import make_url
+
+        parsed = make_url(url)
+        if parsed.password:
+            found.append(str(parsed.password))
+        for key, value in parsed.query.items():
+            if key.lower() in _SECRET_QUERY_KEYS:
+                found += [value] if isinstance(value, str) else list(value)
+    except Exception:
+        pass
+    userinfo = url.partition("://")[2].rpartition("@")[0]
+    if ":" in userinfo:  # also for a URL SQLAlchemy cannot parse
+        found.append(userinfo.partition(":")[2])
+    for key, value in urllib.parse.parse_qsl(url.partition("?")[2]):
+        if key.lower() in _SECRET_QUERY_KEYS:
+            found.append(value)
+    found += [urllib.parse.quote(s, safe="") for s in found] + [urllib.parse.unquote(s) for s in found]
+    return sorted({s for s in found if s}, key=len, reverse=True)
+
+
+def scrub(text: str, url: str) -> str:
+    """`text` (an error message) with every password of the database URL `url` replaced by ***."""
+    for secret in database_secrets(url):
+        text = text.replace(secret, "***")
+    return text

@@ -9,6 +9,7 @@ demo and the tests start on loopback (a static binary shipped in the `calfkit-me
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import socket
 import subprocess
@@ -19,7 +20,7 @@ from typing import Any, Callable, Collection, Mapping, Sequence
 
 from .config import KafkaSettings
 from .errors import ServiceUnavailable
-from .messages import Message, Outbound, Partition, PublishError, Rebalancing
+from .messages import Message, Outbound, Partition, PublishError, Rebalancing, UndecodableRecords
 
 log = logging.getLogger(__name__)
 
@@ -27,15 +28,129 @@ OFFSETS_TIMEOUT_MS = 5_000  # end offsets and committed offsets, for the lag gau
 COMMIT_ON_REVOKE_TIMEOUT_MS = 10_000  # a rebalance waits at most this for our commit
 
 
-def _security(settings: KafkaSettings) -> dict[str, Any]:
-    options: dict[str, Any] = {"security_protocol": settings.security_protocol}
-    if settings.sasl_mechanism:
-        options.update(
-            sasl_mechanism=settings.sasl_mechanism,
-            sasl_plain_username=settings.sasl_username,
-            sasl_plain_password=settings.sasl_password,
-        )
+# Options the worker sets itself, from typed keys or because its delivery guarantee depends on
+# them (manual commits, acks=all): refused in the pass-through tables with the key to use.
+_OWNED = {
+    "bootstrap_servers": "kafka.bootstrap_servers", "client_id": "kafka.client_id", "group_id": "kafka.group_id",
+    "group_instance_id": "kafka.group_instance_id", "security_protocol": "kafka.security_protocol",
+    "ssl_cafile": "kafka.ssl_cafile", "ssl_certfile": "kafka.ssl_certfile", "ssl_keyfile": "kafka.ssl_keyfile",
+    "ssl_crlfile": "kafka.ssl_crlfile", "ssl_check_hostname": "kafka.ssl_check_hostname",
+    "ssl_password": "kafka.ssl_password_file", "sasl_mechanism": "kafka.sasl_mechanism",
+    "sasl_plain_username": "kafka.sasl_username", "sasl_plain_password": "kafka.sasl_password_file",
+    "sasl_oauth_token_provider": "kafka.sasl_oauth_token_file", "bootstrap_timeout_ms": "kafka.connect_timeout_ms",
+    "partition_assignment_strategy": "kafka.partition_assignment_strategy",
+    "session_timeout_ms": "kafka.session_timeout_ms", "heartbeat_interval_ms": "kafka.heartbeat_interval_ms",
+    "max_poll_interval_ms": "kafka.max_poll_interval_ms", "max_partition_fetch_bytes": "kafka.max_partition_fetch_bytes",
+    "auto_offset_reset": "kafka.auto_offset_reset", "max_request_size": "kafka.max_request_size",
+    "enable_auto_commit": "nothing: the worker commits after storing (at least once)",
+    "acks": "nothing: the worker needs acks=all before it commits",
+}
+# Options whose values are Python objects (classes, callables, sockets): not expressible in TOML.
+_OBJECTS = {"key_deserializer", "value_deserializer", "key_serializer", "value_serializer", "partitioner",
+            "selector", "kafka_client", "ssl_context", "socket_options", "metric_reporters",
+            "default_offset_commit_callback", "consumer_timeout_ms"}
+
+
+def _client_defaults(role: str) -> dict[str, Any]:
+    if role == "consumer":
+        from kafka import KafkaConsumer as client
+    elif role == "producer":
+        from kafka import KafkaProducer as client
+    else:
+        from kafka.admin import KafkaAdminClient as client
+    return dict(client.DEFAULT_CONFIG)
+
+
+def check_client_options(role: str, options: Mapping[str, Any]) -> None:
+    """Each pass-through option (`kafka.<role>_options`) is an option kafka-python's client
+    knows, with a value of the right kind, and not one the worker sets itself; else a
+    ConfigError that names it (and the likely intended name)."""
+    import difflib
+
+    from .config import ConfigError
+
+    where = f"kafka.{role}_options"
+    defaults = _client_defaults(role)
+    for key, value in options.items():
+        if key in _OWNED:
+            raise ConfigError(f"{where}.{key} is set by the worker; use {_OWNED[key]}")
+        if key in _OBJECTS:
+            raise ConfigError(f"{where}.{key} takes a Python object and cannot be set from the config")
+        if key not in defaults:
+            close = difflib.get_close_matches(key, [k for k in defaults if k not in _OWNED], n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ConfigError(f"{where}: kafka-python's {role} has no option {key!r}{hint}")
+        default = defaults[key]
+        if default is not None and not _same_kind(value, default):
+            raise ConfigError(f"{where}.{key}: expected {type(default).__name__} like the default {default!r}, "
+                              f"got {value!r}")
+
+
+def _same_kind(value: Any, default: Any) -> bool:
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, (int, float)):
+        return isinstance(value, (int, float))
+    if isinstance(default, (list, tuple)):
+        return isinstance(value, list)
+    return isinstance(value, type(default))
+
+
+class _TokenProvider:
+    """OAUTHBEARER: the token from the environment or, read at every connection, from a file
+    (so a sidecar that rotates the file is followed)."""
+
+    def __init__(self, settings: KafkaSettings):
+        self._settings = settings
+
+    def token(self) -> str:
+        return self._settings.secret("sasl_oauth_token")
+
+    def extensions(self) -> dict[str, str]:
+        return {}
+
+
+def _connection(settings: KafkaSettings) -> dict[str, Any]:
+    """What every client needs to reach and authenticate to the cluster."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.bootstrap_servers.split(","),
+        "security_protocol": settings.security_protocol,
+        "bootstrap_timeout_ms": settings.connect_timeout_ms,
+    }
+    if settings.security_protocol in ("SSL", "SASL_SSL"):
+        options["ssl_check_hostname"] = settings.ssl_check_hostname
+        for key in ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_crlfile"):
+            if getattr(settings, key):
+                options[key] = getattr(settings, key)
+        password = settings.secret("ssl_password")
+        if password:
+            options["ssl_password"] = password
+    if settings.security_protocol.startswith("SASL_"):
+        options["sasl_mechanism"] = settings.sasl_mechanism
+        if settings.sasl_mechanism == "OAUTHBEARER":
+            from kafka.net.sasl.oauth import AbstractTokenProvider
+
+            provider = type("TokenProvider", (_TokenProvider, AbstractTokenProvider), {})(settings)
+            options["sasl_oauth_token_provider"] = provider
+        else:
+            options["sasl_plain_username"] = settings.sasl_username
+            options["sasl_plain_password"] = settings.secret("sasl_password")
     return options
+
+
+def _assignors(names: Sequence[str]) -> tuple[Any, ...]:
+    from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
+    from kafka.coordinator.assignors.range import RangePartitionAssignor
+    from kafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
+    from kafka.coordinator.assignors.sticky.sticky_assignor import StickyPartitionAssignor
+
+    classes = {"range": RangePartitionAssignor, "roundrobin": RoundRobinPartitionAssignor,
+               "sticky": StickyPartitionAssignor, "cooperative-sticky": CooperativeStickyAssignor}
+    return tuple(classes[n] for n in names)
+
+
+def _names(partitions: Sequence[Partition]) -> list[str]:
+    return sorted(f"{p.topic}/{p.partition}" for p in partitions)
 
 
 class KafkaConsumerAdapter:
@@ -45,11 +160,42 @@ class KafkaConsumerAdapter:
         self._consumer = consumer
 
     def poll(self, timeout_ms: int, max_records: int) -> list[Message]:
-        records = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        """Raises `UndecodableRecords` (naming the partition and offset) for records the client
+        cannot decode; polling again raises it again for the same records, never skipping them."""
+        try:
+            records = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        except Exception as exc:
+            undecodable = self._undecodable(exc)
+            if undecodable is None:
+                raise
+            raise undecodable from None
         return [
             Message(r.topic, r.partition, r.offset, r.key, r.value, tuple(r.headers or ()), r.timestamp)
             for batch in records.values() for r in batch
         ]
+
+    def _undecodable(self, exc: Exception) -> UndecodableRecords | None:
+        """The records kafka-python failed to decode, from its fetcher's state, or None when
+        `exc` is not about decoding. kafka-python 3.0.12 keeps the broken partition's records
+        as the next in line, and its next poll() then spins forever on them (measured: a
+        100 % CPU hang); dropping them makes the next poll fetch the same offset again and
+        raise the same error, so nothing is skipped."""
+        from kafka.errors import CorruptRecordError, KafkaError, UnsupportedCodecError
+
+        fetcher = getattr(self._consumer, "_fetcher", None)
+        part = getattr(fetcher, "_next_partition_records", None)
+        decoding = isinstance(exc, (UnsupportedCodecError, CorruptRecordError))
+        if not decoding and (part is None or isinstance(exc, KafkaError)):
+            return None  # not a decoding failure (a decompressor's own error is not a KafkaError)
+        partition = offset = None
+        if part is not None:
+            partition = Partition(part.topic_partition.topic, part.topic_partition.partition)
+            offset = part.next_fetch_offset
+            try:
+                part.drain()
+            finally:
+                fetcher._next_partition_records = None
+        return UndecodableRecords(partition, offset, f"{type(exc).__name__}: {str(exc)[:300]}")
 
     def pause(self, partitions: Collection[Partition]) -> None:
         self._consumer.pause(*_kafka_partitions(partitions))
@@ -166,19 +312,23 @@ def make_consumer(settings: KafkaSettings, rebalancing: Rebalancing) -> KafkaCon
         async def on_partitions_assigned(self, assigned):
             rebalancing.partitions_assigned([Partition(tp.topic, tp.partition) for tp in assigned])
 
-    consumer = _reaching(settings, lambda: KafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers.split(","),
-        group_id=settings.group_id,
-        client_id=settings.client_id,
-        enable_auto_commit=False,
-        auto_offset_reset=settings.auto_offset_reset,
-        session_timeout_ms=settings.session_timeout_ms,
-        heartbeat_interval_ms=settings.heartbeat_interval_ms,
-        max_poll_interval_ms=settings.max_poll_interval_ms,
-        max_partition_fetch_bytes=settings.max_partition_fetch_bytes,
-        fetch_max_bytes=max(settings.max_partition_fetch_bytes, 52428800),
-        **_security(settings),
-    ))
+    options: dict[str, Any] = {
+        **_connection(settings),
+        "group_id": settings.group_id,
+        "client_id": settings.client_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": settings.auto_offset_reset,
+        "session_timeout_ms": settings.session_timeout_ms,
+        "heartbeat_interval_ms": settings.heartbeat_interval_ms,
+        "max_poll_interval_ms": settings.max_poll_interval_ms,
+        "max_partition_fetch_bytes": settings.max_partition_fetch_bytes,
+        "fetch_max_bytes": max(settings.max_partition_fetch_bytes, 52428800),
+        "partition_assignment_strategy": _assignors(settings.partition_assignment_strategy),
+    }
+    if settings.group_instance_id:
+        options["group_instance_id"] = settings.group_instance_id
+    options.update(settings.consumer_options)
+    consumer = _reaching(settings, "consumer", lambda: KafkaConsumer(**options))
     holder["consumer"] = consumer
     consumer.subscribe([settings.topic], listener=Listener())
     return KafkaConsumerAdapter(consumer)
@@ -203,27 +353,63 @@ def make_producer(settings: KafkaSettings) -> KafkaProducerAdapter:
     state and refuses every send (seen in tests/integration/test_faults.py)."""
     from kafka import KafkaProducer
 
-    return KafkaProducerAdapter(KafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers.split(","),
-        client_id=f"{settings.client_id}-producer",
-        acks="all",
-        enable_idempotence=False,
-        linger_ms=5,
-        max_request_size=settings.max_request_size,
-        retries=5,
-        **_security(settings),
-    ))
+    options: dict[str, Any] = {
+        **_connection(settings),
+        "client_id": f"{settings.client_id}-producer",
+        "acks": "all",
+        "enable_idempotence": False,
+        "linger_ms": 5,
+        "max_request_size": settings.max_request_size,
+        "retries": 5,
+        **settings.producer_options,
+    }
+    return KafkaProducerAdapter(_reaching(settings, "producer", lambda: KafkaProducer(**options)))
 
 
-def _reaching(settings: KafkaSettings, connect: Callable[[], Any]) -> Any:
-    """Make a client; a broker that cannot be reached (or refuses us) is one clear line."""
-    from kafka.errors import KafkaError
+class _LastFailure(logging.Handler):
+    """Keeps the client's last connection failure (a refused TLS handshake, a refused
+    password), which its bootstrap timeout error does not carry."""
 
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.last: str | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if record.name == "kafka.net.manager" and ("Connection failed" in message or "connection to" in message):
+            self.last = message
+
+
+def _reaching(settings: KafkaSettings, role: str, connect: Callable[[], Any]) -> Any:
+    """Make a client; a broker that cannot be reached, or that refuses our TLS or credentials,
+    is one clear line (ServiceUnavailable, exit 3) within `kafka.connect_timeout_ms`; a setting
+    the client refuses is a ConfigError. The client's own log lines about each failed attempt
+    are kept back (shown with --log-level DEBUG), and the last one is named in that line."""
+    from kafka.errors import KafkaConfigurationError, KafkaError
+
+    from .config import ConfigError
+
+    kafka_log = logging.getLogger("kafka")
+    failure = _LastFailure()
+    quiet = not logging.getLogger().isEnabledFor(logging.DEBUG)
+    kafka_log.addHandler(failure)
+    propagate, kafka_log.propagate = kafka_log.propagate, not quiet and kafka_log.propagate
     try:
         return connect()
-    except KafkaError as exc:
-        raise ServiceUnavailable(f"Kafka at {settings.bootstrap_servers} cannot be used: {type(exc).__name__}: "
-                                 f"{str(exc)[:200]}") from None
+    except KafkaConfigurationError as exc:
+        raise ConfigError(f"kafka: the {role} refuses its settings: {str(exc)[:300]}") from None
+    except (KafkaError, OSError, ValueError, TypeError, AssertionError) as exc:
+        text = str(exc) if str(exc).startswith(type(exc).__name__) else f"{type(exc).__name__}: {exc}"
+        cause = ""
+        if failure.last:
+            last = re.sub(r"^(Bootstrap connection to \S+ failed|Connection failed): ", "", failure.last)
+            cause = "; last failure: " + re.sub(r" \(backoff [0-9.]+ secs\)$", "", last)[:300]
+        raise ServiceUnavailable(f"Kafka at {settings.bootstrap_servers} cannot be used by the {role} "
+                                 f"({settings.security_protocol}) within kafka.connect_timeout_ms="
+                                 f"{settings.connect_timeout_ms}: {text[:200]}{cause}") from None
+    finally:
+        kafka_log.removeHandler(failure)
+        kafka_log.propagate = propagate
 
 
 def ensure_topics(settings: KafkaSettings, partitions: int = 4, topics: Sequence[str] | None = None) -> None:
@@ -232,7 +418,8 @@ def ensure_topics(settings: KafkaSettings, partitions: int = 4, topics: Sequence
     from kafka.errors import TopicAlreadyExistsError
 
     names = list(topics or [settings.topic, settings.alerts_topic, settings.dlq_topic])
-    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers.split(","), **_security(settings))
+    options = {**_connection(settings), **settings.admin_options}
+    admin = _reaching(settings, "admin client", lambda: KafkaAdminClient(**options))
     try:
         existing = set(admin.list_topics())
         missing = [NewTopic(n, num_partitions=partitions, replication_factor=1) for n in names if n not in existing]

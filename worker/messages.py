@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Collection, Mapping, NamedTuple, Protocol, Sequence
 
+from .errors import AedrError
+
 Headers = tuple[tuple[str, bytes], ...]
 
 
@@ -99,6 +101,25 @@ class Rebalancing(Protocol):
     def partitions_revoked(self, partitions: Collection[Partition]) -> None: ...
 
     def partitions_assigned(self, partitions: Collection[Partition]) -> None: ...
+
+
+class UndecodableRecords(AedrError):
+    """`Consumer.poll` met records the client cannot decode: a compression codec it lacks, or a
+    batch that fails its checksum. Polling again meets the same records again: nothing past
+    them is read from that partition until an operator acts (docs/OPERATIONS.md, "Undecodable
+    records"). Not the upload's fault and not a passing outage, so `aedr` stops with status 1
+    (a fault of its own) and this one line, unless the loop handles it."""
+
+    exit_status = 1
+
+    def __init__(self, partition: Partition | None, offset: int | None, detail: str):
+        where = f"{partition.topic}/{partition.partition}" if partition else "a partition the client did not name"
+        at = f" at offset {offset}" if offset is not None else ""
+        super().__init__(f"cannot decode the records of {where}{at}: {detail}; nothing past them is read from "
+                         "that partition (docs/OPERATIONS.md, \"Undecodable records\")")
+        self.partition = partition
+        self.offset = offset
+        self.detail = detail
 
 
 class PublishError(Exception):

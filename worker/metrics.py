@@ -1,7 +1,8 @@
 """Prometheus metrics on a given registry, and the HTTP endpoint: /metrics, /healthz, /readyz.
 
 The metric names here are a contract with deploy/ (Grafana dashboards, alert rules, KEDA); tests
-scrape a running worker and check every name those files use. Labels carry only bounded values
+scrape a running worker and check every name those files use. The standard process, platform and
+garbage-collector metrics are registered on the same registry. Labels carry only bounded values
 (outcome, model name, stage, reason, partition, provenance kind and strength): never an event id,
 URL, generator name or secret.
 """
@@ -12,7 +13,16 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from .provenance.signals import C2PA, ERROR_KINDS, ERROR_REASONS, KINDS, STRENGTHS, UNSIGNED
@@ -27,6 +37,11 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry):
         self.registry = registry
+        # The standard process metrics (process_resident_memory_bytes, process_cpu_seconds_total,
+        # process_open_fds, python_gc_*, python_info), on this registry rather than the global one.
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
+        GCCollector(registry=registry)
         self.events = Counter(
             "aedr_events", "Events finished, by outcome (scored | dead_lettered).", ["outcome"], registry=registry
         )

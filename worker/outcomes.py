@@ -41,6 +41,12 @@ class Publishing:
     dlq: str
     max_alert_bytes: int = 1_000_000
     max_message_bytes: int = 32 * 1024 * 1024  # the producer's max_request_size
+    forward_headers: tuple[str, ...] = ()  # input headers copied onto alerts (kafka.forward_headers)
+
+    def forwarded(self, headers: tuple[tuple[str, bytes], ...]) -> tuple[tuple[str, bytes], ...]:
+        """The input headers named in `forward_headers` (case-insensitive), in their order."""
+        wanted = {h.lower() for h in self.forward_headers}
+        return tuple((k, v) for k, v in headers if k.lower() in wanted) if wanted else ()
 
 
 @dataclass(frozen=True)
@@ -104,7 +110,8 @@ def build(judged: Sequence[Judged], publishing: Publishing, scored_at: datetime)
         if alerted_by and p.event is not None:
             alert = Outbound(publishing.alerts, p.event.event_id.encode(),
                              fitted_alert(p.event, matches, best, when, publishing.max_alert_bytes, alerted_by,
-                                          provenance.section() if provenance else None))
+                                          provenance.section() if provenance else None),
+                             publishing.forwarded(m.headers))
         out.append(EventResult(row, alert))
     return out
 

@@ -117,9 +117,18 @@ def _build(settings: Settings, stop: threading.Event, registry: CollectorRegistr
         log.warning("provenance: no trust anchors (provenance.trust_anchor_paths): no C2PA credential can be trusted, "
                     "so none alerts by default")
     with reaching(database_url):
-        store = SqlStore.from_url(database_url)
+        store = SqlStore.from_url(database_url, settings.database)
         opened.append(store.close)
         store.ping()  # fail fast, in one line, when the database is not there
+    # The broker next, before the (possibly minutes-long) model loading: a broker that cannot be
+    # reached or refuses our TLS or credentials is one line within kafka.connect_timeout_ms.
+    # Neither client joins the group or sends anything until the loop polls and publishes.
+    ledger = OffsetLedger()
+    consumer = make_consumer(settings.kafka, ledger)  # raises ServiceUnavailable, one line
+    opened.append(consumer.close)
+    producers = ProducerSlot(partial(make_producer, settings.kafka))
+    opened.append(partial(producers.close, timeout_s=10))
+    producers.producer  # made now, so that a broker refusing it is one line at start, not a retry loop
     scoring = settings.scoring
     scorers = [Watchlist.load(settings.watchlist, device, scoring.batch_size, scoring.compile, scoring.channels_last,
                               scoring.max_batch_pixels, interrupted=stop.is_set)
@@ -140,13 +149,9 @@ def _build(settings: Settings, stop: threading.Event, registry: CollectorRegistr
                     if batch.prepare_threads > 0 else None)
     if prepare_pool is not None:
         opened.append(partial(prepare_pool.shutdown, wait=False, cancel_futures=True))
-    ledger = OffsetLedger()
-    consumer = make_consumer(settings.kafka, ledger)  # raises ServiceUnavailable, one line
-    opened.append(consumer.close)
-    producers = ProducerSlot(partial(make_producer, settings.kafka))
-    opened.append(partial(producers.close, timeout_s=10))
     kafka = settings.kafka
-    publishing = Publishing(kafka.alerts_topic, kafka.dlq_topic, kafka.max_alert_bytes, kafka.max_request_size)
+    publishing = Publishing(kafka.alerts_topic, kafka.dlq_topic, kafka.max_alert_bytes, kafka.max_request_size,
+                            kafka.forward_headers)
     completion = Completion(store, producers, consumer, metrics, clock, health, publishing, settings.retry, ledger)
     lag = LagMonitor(consumer, kafka.topic, ledger, metrics, clock)
     worker = Worker(consumer, pool, completion, publishing, batch, settings.retry, clock, metrics, health, stop,

@@ -15,7 +15,7 @@ import threading
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol, Sequence
 
 from sqlalchemy import (
     BigInteger,
@@ -35,7 +35,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from .errors import ServiceUnavailable
+from .errors import AedrError, ServiceUnavailable
+
+if TYPE_CHECKING:
+    from .config import DatabaseSettings
 
 def migrations_dir() -> Path:
     """migrations/ beside the package (a checkout), or AEDR_MIGRATIONS_DIR (an installed image)."""
@@ -206,12 +209,20 @@ class _CalibrationRow(Base):
     recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, settings: "DatabaseSettings | None" = None) -> Engine:
+    """An engine with the pool of `settings` (database.pool_size, max_overflow, pool_timeout_s,
+    pool_recycle_s, connect_timeout_s). TLS and other libpq settings travel in the URL."""
+    from .config import DatabaseSettings
+
+    settings = settings or DatabaseSettings()
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30})
-    else:
-        engine = create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=2)
-    return engine
+        return create_engine(url, connect_args={"timeout": 30})
+    connect_args: dict[str, Any] = {}
+    if "psycopg" in url.split("://", 1)[0] or url.startswith("postgresql://"):
+        connect_args["connect_timeout"] = max(1, int(settings.connect_timeout_s))
+    return create_engine(url, pool_pre_ping=True, pool_size=settings.pool_size, max_overflow=settings.max_overflow,
+                         pool_timeout=settings.pool_timeout_s, pool_recycle=int(settings.pool_recycle_s) or -1,
+                         connect_args=connect_args)
 
 
 def _columns(record: Any, skip: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -259,8 +270,8 @@ class SqlStore:
         self.engine = engine
 
     @classmethod
-    def from_url(cls, url: str) -> "SqlStore":
-        return cls(make_engine(url))
+    def from_url(cls, url: str, settings: "DatabaseSettings | None" = None) -> "SqlStore":
+        return cls(make_engine(url, settings))
 
     def save(self, outcomes: Sequence[EventOutcome]) -> None:
         events, attributions, signals, errors = [], [], [], []
@@ -388,30 +399,144 @@ class MemoryStore:
         pass
 
 
+class MigrationFailed(AedrError):
+    """A migration the database refused (permissions, a schema changed by hand): exit 2."""
+
+
 @contextlib.contextmanager
 def reaching(url: str) -> Iterator[None]:
     """Turn a database that cannot be used at start-up into one clear line: a URL that is not a
     database URL is a configuration error; a server that cannot be reached is `ServiceUnavailable`
-    (the URL is shown with its password masked)."""
+    (the URL is shown with its password masked, and any password the driver quotes is scrubbed)."""
     from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
-    from .config import ConfigError, mask_url
+    from .config import ConfigError, mask_url, scrub
 
     try:
         yield
     except (ArgumentError, NoSuchModuleError) as exc:
-        raise ConfigError(f"database URL {mask_url(url)} is not usable: {str(exc).splitlines()[0][:200]}") from None
+        detail = scrub(str(exc).splitlines()[0][:200], url)
+        raise ConfigError(f"database URL {mask_url(url)} is not usable: {detail}") from None
     except OperationalError as exc:
         first = str(exc.orig or exc).strip().splitlines()
-        raise ServiceUnavailable(f"database {mask_url(url)} cannot be reached: {(first or ['?'])[0][:300]}") from None
+        raise ServiceUnavailable(f"database {mask_url(url)} cannot be reached: "
+                                 f"{scrub((first or ['?'])[0][:300], url)}") from None
+
+
+# Held (session-level) around `aedr db upgrade` on Postgres, so that several workers' init
+# containers starting at once migrate one after the other: the later ones find the schema at
+# head and do nothing. The key is arbitrary but fixed: "aedr" in ASCII.
+MIGRATION_LOCK_KEY = 0x61656472
 
 
 def upgrade(url: str, revision: str = "head") -> None:
-    """Apply Alembic migrations (migrations/) to the database at `url`."""
+    """Apply Alembic migrations (migrations/) to the database at `url`. A migration the database
+    refuses is `MigrationFailed`, one line naming the revision and the database's reason."""
     from alembic import command
     from alembic.config import Config
+    from alembic.util.exc import CommandError
+    from sqlalchemy.exc import DBAPIError, OperationalError
 
     config = Config()
     config.set_main_option("script_location", str(migrations_dir()))
     config.attributes["url"] = url
-    command.upgrade(config, revision)
+    try:
+        command.upgrade(config, revision)
+    except OperationalError as exc:
+        if exc.connection_invalidated or "could not connect" in str(exc) or "connection" in str(exc.orig or "").lower()[:80]:
+            raise
+        raise MigrationFailed(_migration_failure(config, url, exc)) from None
+    except (DBAPIError, CommandError) as exc:
+        raise MigrationFailed(_migration_failure(config, url, exc)) from None
+
+
+def _migration_failure(config, url: str, exc: Exception) -> str:
+    from .config import mask_url, scrub
+
+    revision = "?"
+    try:  # each migration commits on its own: the failing one is the one after the current revision
+        from alembic.runtime.migration import MigrationContext
+        from alembic.script import ScriptDirectory
+        from sqlalchemy import create_engine
+
+        engine = create_engine(url)
+        try:
+            with engine.connect() as conn:
+                current = MigrationContext.configure(conn).get_current_revision()
+        finally:
+            engine.dispose()
+        script = ScriptDirectory.from_config(config)
+        following = [r.revision for r in script.walk_revisions() if r.down_revision == current]
+        revision = following[0] if following else str(current)
+    except Exception:
+        pass
+    original = getattr(exc, "orig", None) or exc
+    first = (str(original).strip().splitlines() or ["?"])[0][:300]
+    return (f"migration {revision} failed on {mask_url(url)}: {type(original).__name__}: {scrub(first, url)}; "
+            "the database is left at the previous revision (each migration is one transaction)")
+
+
+# ---------------------------------------------------------------- retention
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    cutoff: datetime
+    events: int  # deleted (or, dry run, that would be)
+    attributions: int
+    batches: int
+    seconds: float
+    dry_run: bool
+
+
+def prune(engine: Engine, cutoff: datetime, batch_size: int = 5000, dry_run: bool = False,
+          progress: Callable[[PruneResult], None] | None = None) -> PruneResult:
+    """Delete events received before `cutoff`, with their attributions, in batches of
+    `batch_size` events, one short transaction each, oldest first.
+
+    Safe while workers write: only rows older than the cut-off are touched (workers insert rows
+    stamped now), each batch locks only the rows it deletes, rows another transaction holds are
+    skipped (`FOR UPDATE SKIP LOCKED`) for a later batch, and `lock_timeout` bounds any wait, so
+    no insert ever queues behind a long lock. `ix_events_received_at` finds each batch without
+    a scan (docs/OPERATIONS.md shows the plan)."""
+    import time
+
+    started = time.monotonic()
+    postgres = engine.dialect.name == "postgresql"
+    ev, at = _EventRow.__table__, _AttributionRow.__table__
+    old = ev.c.received_at < cutoff
+    if dry_run:
+        with engine.connect() as conn:
+            events = conn.execute(select(func.count()).select_from(ev).where(old)).scalar_one()
+            attributions = conn.execute(select(func.count()).select_from(at.join(ev, ev.c.event_id == at.c.event_id))
+                                        .where(old)).scalar_one()
+        return PruneResult(cutoff, int(events), int(attributions), 0, time.monotonic() - started, True)
+    total_events = total_attributions = batches = 0
+    if postgres:
+        statement = text(
+            "WITH doomed AS (SELECT event_id FROM events WHERE received_at < :cutoff ORDER BY received_at "
+            "LIMIT :n FOR UPDATE SKIP LOCKED), "
+            "a AS (DELETE FROM attributions WHERE event_id IN (SELECT event_id FROM doomed) RETURNING 1), "
+            "e AS (DELETE FROM events WHERE event_id IN (SELECT event_id FROM doomed) RETURNING 1) "
+            "SELECT (SELECT count(*) FROM e), (SELECT count(*) FROM a)")
+    while True:
+        with engine.begin() as conn:
+            if postgres:
+                conn.execute(text("SET LOCAL lock_timeout = '5s'"))
+                conn.execute(text("SET LOCAL statement_timeout = '60s'"))
+                events, attributions = conn.execute(statement, {"cutoff": cutoff, "n": batch_size}).one()
+            else:  # SQLite: one writer at a time anyway; no cascade unless foreign keys are on
+                ids = list(conn.execute(select(ev.c.event_id).where(old).order_by(ev.c.received_at)
+                                        .limit(batch_size)).scalars())
+                attributions = events = 0
+                for chunk in (ids[i:i + 500] for i in range(0, len(ids), 500)):
+                    attributions += conn.execute(at.delete().where(at.c.event_id.in_(chunk))).rowcount
+                    events += conn.execute(ev.delete().where(ev.c.event_id.in_(chunk))).rowcount
+        if not events:
+            break
+        batches += 1
+        total_events += int(events)
+        total_attributions += int(attributions)
+        if progress:
+            progress(PruneResult(cutoff, total_events, total_attributions, batches, time.monotonic() - started, False))
+    return PruneResult(cutoff, total_events, total_attributions, batches, time.monotonic() - started, False)

@@ -74,6 +74,21 @@ def test_rules_and_dashboard_name_only_exported_metrics(running_worker):
     assert used <= exported, f"not exported by the worker: {sorted(used - exported)}"
 
 
+def test_metrics_pass_promtool_and_include_the_process_collector(running_worker):
+    """`promtool check metrics` lints the live exposition (naming, units, help, types); the
+    process collector's metrics are on the worker's own registry."""
+    promtool = shutil.which("promtool")
+    if not promtool:
+        pytest.fail("promtool not found: `make test` installs Debian's prometheus package")
+    port, _ = running_worker
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+    result = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True, timeout=60)
+    assert result.returncode == 0, (result.stdout + result.stderr).decode()
+    samples = {s.name: s.value for f in text_string_to_metric_families(body.decode()) for s in f.samples}
+    assert samples["process_resident_memory_bytes"] > 50e6  # torch and the models are loaded
+    assert samples["process_cpu_seconds_total"] > 0 and "python_info" in samples
+
+
 def test_real_prometheus_scrapes_the_worker(running_worker, tmp_path):
     binary = shutil.which("prometheus")
     if not binary:

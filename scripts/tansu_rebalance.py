@@ -20,7 +20,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from worker.config import ASSIGNMENT_STRATEGIES, KafkaSettings  # noqa: E402
-from worker.kafka_io import LocalBroker, LoggingListener, ensure_topics, make_consumer  # noqa: E402
+from worker.completion import OffsetLedger  # noqa: E402
+from worker.kafka_io import LocalBroker, ensure_topics, make_consumer  # noqa: E402
 
 
 def main() -> None:
@@ -37,11 +38,11 @@ def main() -> None:
                                          group_id=f"g-{strategy}-{run}", partition_assignment_strategy=(strategy,),
                                          session_timeout_ms=6000, heartbeat_interval_ms=1000)
                 started = time.monotonic()
-                members = [make_consumer(settings, LoggingListener())]
+                members = [make_consumer(settings, OffsetLedger())]
                 while not members[0].assignment() and time.monotonic() - started < args.timeout:
                     members[0].poll(timeout_ms=100, max_records=1)
                 first = time.monotonic() - started
-                members.append(make_consumer(settings, LoggingListener()))
+                members.append(make_consumer(settings, OffsetLedger()))
                 converged = False
                 while time.monotonic() - started < args.timeout:
                     for member in members:

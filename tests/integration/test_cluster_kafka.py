@@ -20,7 +20,6 @@ import sys
 import threading
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 
@@ -30,7 +29,8 @@ from tests.tls import KEY_PASSWORD, Stunnel, make_pki
 from worker.config import KafkaSettings
 from worker.errors import ServiceUnavailable
 from worker.harness import REPO, postgres_database
-from worker.kafka_io import LocalBroker, LoggingListener, ensure_topics, free_port, make_consumer, make_producer
+from worker.completion import OffsetLedger
+from worker.kafka_io import LocalBroker, ensure_topics, free_port, make_consumer, make_producer
 from worker.messages import Outbound, Partition, UndecodableRecords
 from worker.storage import SqlStore
 
@@ -130,7 +130,7 @@ def test_records_the_client_cannot_decode_are_named_and_never_skipped(shimmed, m
     kcat(bootstrap, topic, "gzip", [b"a" * 2000, b"b" * 2000], partition=0)
     kcat(bootstrap, topic, "snappy", [b"c" * 2000, b"d" * 2000], partition=0)
     monkeypatch.setattr(kafka.codec, "snappy", None)  # as a client built without the codec
-    consumer = make_consumer(settings, LoggingListener())
+    consumer = make_consumer(settings, OffsetLedger())
     try:
         got = poll_until(consumer, 2)
         assert [(m.offset, m.value[:1]) for m in got] == [(0, b"a"), (1, b"b")]
@@ -201,7 +201,7 @@ def roundtrip(settings: KafkaSettings, n: int = 3) -> list[bytes]:
     producer = make_producer(settings)
     producer.publish([Outbound(settings.topic, b"k", f"v{i}".encode()) for i in range(n)], timeout_s=20)
     producer.close()
-    consumer = make_consumer(settings, LoggingListener())
+    consumer = make_consumer(settings, OffsetLedger())
     try:
         return sorted(m.value for m in poll_until(consumer, n))
     finally:
@@ -330,7 +330,7 @@ def test_every_assignment_strategy_against_the_broker(broker, strategy):
     producer = make_producer(settings)
     producer.publish([Outbound(topic, f"k{i}".encode(), f"v{i}".encode()) for i in range(8)], 20)
     producer.close()
-    consumer = make_consumer(settings, LoggingListener())
+    consumer = make_consumer(settings, OffsetLedger())
     try:
         got = poll_until(consumer, 8)
         assert sorted(m.value for m in got) == sorted(f"v{i}".encode() for i in range(8))
@@ -349,11 +349,11 @@ def test_static_membership(broker):
     producer = make_producer(settings)
     producer.publish([Outbound(topic, None, f"v{i}".encode()) for i in range(4)], 20)
     producer.close()
-    first = make_consumer(settings, LoggingListener())
+    first = make_consumer(settings, OffsetLedger())
     assert [m.value for m in poll_until(first, 4)] == [b"v0", b"v1", b"v2", b"v3"]
     first.commit({Partition(topic, 0): 2})
     first.close()
-    second = make_consumer(settings, LoggingListener())
+    second = make_consumer(settings, OffsetLedger())
     try:
         assert [m.value for m in poll_until(second, 2)] == [b"v2", b"v3"]
     finally:

@@ -11,6 +11,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from worker.completion import OffsetLedger
 from worker.config import ConfigError, DatabaseSettings, KafkaSettings, load_settings, mask_url, scrub
 
 
@@ -96,7 +97,7 @@ def test_pass_through_options_reach_the_clients(tmp_path, monkeypatch):
 
     monkeypatch.setattr(kafka, "KafkaConsumer", lambda **o: Fake("consumer", **o))
     monkeypatch.setattr(kafka, "KafkaProducer", lambda **o: Fake("producer", **o))
-    kafka_io.make_consumer(settings.kafka, kafka_io.LoggingListener())
+    kafka_io.make_consumer(settings.kafka, OffsetLedger())
     kafka_io.make_producer(settings.kafka)
     assert seen["consumer"]["fetch_min_bytes"] == 1024 and seen["consumer"]["isolation_level"] == "read_committed"
     assert seen["consumer"]["enable_auto_commit"] is False

@@ -79,14 +79,14 @@ class Metrics:
         self.models_loaded = Gauge("aedr_models_loaded", "Watchlist models loaded.", registry=registry)
         self.ready = Gauge("aedr_ready", "1 when models are loaded and the database is reachable.", registry=registry)
         self.faulted = Gauge(
-            "aedr_faulted", "1 while the worker holds its batches for a fault of its own (cause: models, dead_letters).",
+            "aedr_faulted", "1 while the worker holds work for a fault of its own (cause: models, dead_letters, input).",
             ["cause"], registry=registry,
         )
         self.dead_letter_fraction = Gauge(
             "aedr_dead_letter_fraction", "Fraction of the last guard.dead_letter_window events that were dead-lettered.",
             registry=registry,
         )
-        for cause in ("models", "dead_letters"):
+        for cause in ("models", "dead_letters", "input"):
             self.faulted.labels(cause).set(0)
         self.last_commit = Gauge(
             "aedr_last_commit_timestamp_seconds", "Unix time of the last offset commit.", registry=registry

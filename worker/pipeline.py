@@ -19,14 +19,17 @@ What the loop owns:
 - a scorer that cannot score at all (`ScoringUnavailable`: a lost device, broken weights) is
   our fault, not the events': the batch is retried with backoff, nothing is dead-lettered or
   committed, and readiness fails meanwhile. So is a burst of dead letters when the optional
-  guard (`guard.dead_letter_fraction`) is on. Held longer than `guard.fault_exit_s`, the worker
+  guard (`guard.dead_letter_fraction`) is on, and so are records the client cannot decode (that
+  partition is paused, the others go on). Held longer than `guard.fault_exit_s`, the worker
   stops with `fault` set, and `aedr serve` exits 1 for the orchestrator to restart it;
 - stopping: what was received is finished and committed within `drain_s`, a hung scorer
   included; the rest is left uncommitted for the next owner.
 
-Rebalances: nothing is dropped. kafka-python 3 runs rebalance listeners on its IO thread, so
-the loop does not depend on them: every fetched event is processed in order and stored
-idempotently, and offsets are committed only for partitions assigned at commit time.
+Rebalances: nothing is dropped, and finished work is committed before its partitions move.
+The loop completes scored batches before it polls (a rebalance happens inside a poll), and the
+rebalance listener (worker.kafka_io) commits whatever finished work a refused commit left
+behind. Every fetched event is processed in order and stored idempotently, and offsets are
+committed only for partitions assigned at commit time.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ from .completion import Completing, Completion, offsets_of
 from .config import BatchSettings, GuardSettings, RetrySettings
 from .health import DeadLetterWindow, Health
 from .lag import LagMonitor
-from .messages import Consumer
+from .messages import Consumer, Partition, UndecodableRecords
 from .metrics import Metrics
 from .outcomes import Publishing, build
 from .scoring_pool import ScoredBatch, ScoringPool, ScoringUnavailable, Work
@@ -87,6 +90,8 @@ class Worker:
         self.lag = lag
         self.fault: str | None = None  # why the worker stopped on a fault of its own
         self._faulted_since: dict[str, float] = {}  # cause -> since when (clock)
+        self._undecodable_at: dict[Partition | None, float] = {}  # since when its records could not be decoded
+        self._input_fault: str | None = None
         self._dead_letters = DeadLetterWindow(guard.dead_letter_window)
         self._prepare_executor = prepare_executor
         # How the loop waits for a scoring thread (tests pass worker.testing.ManualExecutor.wait).
@@ -122,7 +127,12 @@ class Worker:
             self._wait(self._inflight[0].scored, 1.0)  # heartbeats run on the client's own thread
         self._complete_done()
         self.completion.commit_pending()
-        messages = self.consumer.poll(timeout_ms=self._poll_timeout_ms(), max_records=self.batch.max_buffered)
+        try:
+            messages = self.consumer.poll(timeout_ms=self._poll_timeout_ms(), max_records=self.batch.max_buffered)
+        except UndecodableRecords as exc:
+            messages = []
+            self._undecodable(exc)
+        self._watch_undecodable()
         now, at = self.clock.monotonic(), self.clock.now()
         for m in messages:
             prepared = self._prepare_executor.submit(self.scoring.prepare, m) if self._prepare_executor else None
@@ -192,15 +202,53 @@ class Worker:
 
     def _flow_control(self) -> None:
         """Pause every assigned partition while the buffer is full (again each turn: a rebalance
-        may add unpaused partitions); resume them all once it has room."""
+        may add unpaused partitions); resume them all once it has room, except a partition whose
+        records cannot be decoded."""
         full = len(self._buffer) >= self.batch.max_buffered
         assigned = self.consumer.assignment()
+        stuck = assigned & {tp for tp in self._undecodable_at if tp is not None}
+        if stuck:
+            self.consumer.pause(stuck)
         if full and assigned:
             self.consumer.pause(assigned)
             self._paused = True
         elif not full and self._paused:
-            self.consumer.resume(assigned)
+            self.consumer.resume(assigned - stuck)
             self._paused = False
+
+    def _undecodable(self, exc: UndecodableRecords) -> None:
+        """Records the client cannot decode (a codec it lacks, a corrupt batch): that partition
+        is paused, the others go on; nothing is skipped. Held longer than guard.fault_exit_s, the
+        worker stops for a restart, and says why in one line (docs/OPERATIONS.md, "Undecodable
+        records"). When the client does not say which partition, nothing is paused, but the
+        fault is held all the same."""
+        now = self.clock.monotonic()
+        if exc.partition not in self._undecodable_at:
+            log.error("%s", exc)
+        self._undecodable_at.setdefault(exc.partition, now)
+        self._faulted_since.setdefault("input", now)
+        self._input_fault = str(exc)
+        if exc.partition is not None:
+            self.consumer.pause([exc.partition])
+        self.metrics.faulted.labels("input").set(1)
+
+    def _watch_undecodable(self) -> None:
+        """A stuck partition that moved to another member is no longer ours to hold."""
+        if not self._undecodable_at:
+            return
+        assigned = self.consumer.assignment()
+        for tp in [tp for tp in self._undecodable_at if tp is not None and tp not in assigned]:
+            del self._undecodable_at[tp]
+        if not self._undecodable_at:
+            self._faulted_since.pop("input", None)
+            self.metrics.faulted.labels("input").set(0)
+            return
+        since = self._faulted_since["input"]
+        now = self.clock.monotonic()
+        if self.guard.fault_exit_s and now - since >= self.guard.fault_exit_s and self.fault is None:
+            self.fault = self._input_fault
+            log.error("undecodable records held for %.0f s (guard.fault_exit_s): stopping for a restart", now - since)
+            self.stop.set()
 
     def _complete_done(self) -> None:
         while self._inflight and self.clock.monotonic() >= self._retry_at(self._inflight[0]):

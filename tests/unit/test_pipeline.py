@@ -520,3 +520,31 @@ def test_liveness_fails_when_work_waits_and_nothing_finishes(watchlist):
         idle.worker.step()
         idle.clock.advance(1.0)
     assert idle.health.alive()  # nothing to do is not stuck
+
+
+def test_records_the_client_cannot_decode_pause_that_partition_only(watchlist):
+    from worker.messages import UndecodableRecords
+
+    values = [event(f"e{i}", im) for i, im in enumerate(random_images(8, 32, 32, seed=34))]
+    r = rig(watchlist, {0: values[:4], 1: values[4:]}, max_size=4, guard=GuardSettings(fault_exit_s=120))
+    poll = r.consumer.poll
+
+    def poll_failing_on_p1(timeout_ms, max_records):
+        if P1 not in r.consumer.paused and r.consumer.position[P1] == 2:
+            raise UndecodableRecords(P1, 2, "UnsupportedCodecError: Libraries for snappy not found")
+        out = poll(timeout_ms, max_records)
+        if any(m.tp == P1 and m.offset >= 2 for m in out):  # the client stops at the bad batch
+            r.consumer.position[P1] = 2
+            out = [m for m in out if not (m.tp == P1 and m.offset >= 2)]
+        return out
+
+    r.consumer.poll = poll_failing_on_p1
+    for _ in range(30):
+        r.worker.step()
+        r.clock.advance(1.0)
+    assert r.broker.committed == {("g", P0): 4, ("g", P1): 2}  # P0 went on; P1 up to the bad batch
+    assert P1 in r.consumer.paused and r.sample("aedr_faulted", cause="input") == 1
+    assert r.worker.fault is None
+    r.worker.run(until=lambda: (r.clock.advance(5.0), r.clock.monotonic() > 5000)[1])
+    assert r.worker.fault and "snappy" in r.worker.fault  # held too long: stops for a restart
+    assert r.broker.committed[("g", P1)] == 2  # nothing skipped

@@ -4,12 +4,11 @@ one attribution per model, and the numbers equal to offline scoring of the same 
 
 from __future__ import annotations
 
-import signal
 from collections import Counter
 
 import pytest
 
-from tests.integration.conftest import Deployment, make_corpus, produce, wait_for
+from tests.integration.conftest import ServeLauncher, make_corpus, produce, wait_for
 from worker.calibration import Calibration
 from worker.models import load_autoencoder
 from worker.scoring import score_images
@@ -24,9 +23,9 @@ def test_serve_scores_a_watchlist_of_six_families(broker, pg_url, tmp_path):
     assert len(set(kinds.values())) == 6
     corpus = make_corpus(MODELS, per_model=2, real=4, seed=21)
     n_valid, n_broken = len(corpus.images), len(corpus.broken)
-    dep = Deployment(broker.bootstrap, pg_url, tmp_path, MODELS)
+    dep = ServeLauncher(broker.bootstrap, pg_url, tmp_path, MODELS)
     produce(broker.bootstrap, dep.topic, corpus)
-    proc, _ = dep.start()
+    serve = dep.start()
     store = SqlStore.from_url(pg_url)
     try:
         wait_for(lambda: store.count_events() == n_valid + n_broken, 120, "all events stored", diagnostics=dep.logs)
@@ -55,7 +54,6 @@ def test_serve_scores_a_watchlist_of_six_families(broker, pg_url, tmp_path):
                 assert got["threshold"] == calibration.threshold
                 assert got["belongs"] == (got["score"] < calibration.threshold)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        code = proc.wait(timeout=30)
+        code = serve.terminate(30)
         store.close()
     assert code == 0, dep.logs()

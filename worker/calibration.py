@@ -139,6 +139,12 @@ class Calibration:
             family=family,
         )
 
+    @property
+    def sha256(self) -> str:
+        """Identifies this exact calibration (weights, preprocessing, threshold, data): stored
+        with every verdict judged under it."""
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Collection, Mapping, Sequence
 
 from .clock import Clock
@@ -79,6 +79,7 @@ class Completing:
     received: Sequence[float]  # clock monotonic of each event, for latency
     stored: bool = False
     acked: set[int] = field(default_factory=set)  # results whose record the broker acknowledged
+    already: set[int] = field(default_factory=set)  # results whose record went out before (not again)
     attempts: int = 0
     retry_at: float = 0.0
 
@@ -88,7 +89,7 @@ class Completing:
 
     @property
     def published(self) -> bool:
-        return all(i in self.acked or r.outbound is None for i, r in enumerate(self.results))
+        return all(i in self.acked or i in self.already or r.outbound is None for i, r in enumerate(self.results))
 
 
 class OffsetLedger:
@@ -151,6 +152,7 @@ class Completion:
     ledger: OffsetLedger = field(default_factory=OffsetLedger)
     committed_events: int = 0
     _commit_retry_at: float = 0.0
+    _unmarked: list[tuple[str, str]] = field(default_factory=list)  # published, not yet in the store
 
     def attempt(self, batch: Completing) -> bool:
         """One try at finishing `batch`; True when done, else a retry is scheduled."""
@@ -183,52 +185,72 @@ class Completion:
     # ------------------------------------------------------------ store
 
     def _store(self, batch: Completing) -> None:
-        """Save the batch in one transaction; if the database refuses some rows as data, find
-        them by halves, and store those events as failed instead."""
+        """Save the batch in one transaction (with the records published since the last save);
+        if the database refuses some rows as data, find them by halves, and store those events as
+        failed instead. Notes which records went out before: they are not published again."""
+        marks = list(self._unmarked)
         try:
-            self.store.save([r.row for r in batch.results])
-            return
+            stored = dict(enumerate(self.store.save([r.row for r in batch.results], marks)))
         except Exception as exc:
             if not self.store.is_data_error(exc):
                 raise
             log.warning("the database refused a batch of %d as data (%s); isolating the rows", batch.size,
                         type(exc).__name__)
-        for i, exc in self._save_isolating(batch, list(range(batch.size))):
-            rejection = Rejection(Reason.INTERNAL, clean_text(f"could not be stored: {type(exc).__name__}: {exc}", 300))
-            r = batch.results[i]
-            batch.results[i] = reject(batch.prepared[i], rejection, r.row.received_at, self.publishing,
-                                      stamp(self.clock.now()))
-            self.store.save([batch.results[i].row])  # a bare failed row: a failure here is not data
+            marks = []
+            stored, refused = self._save_isolating(batch, list(range(batch.size)))
+            for i, exc in refused:
+                rejection = Rejection(Reason.INTERNAL, clean_text(f"could not be stored: {type(exc).__name__}: {exc}", 300))
+                r = batch.results[i]
+                batch.results[i] = reject(batch.prepared[i], rejection, r.row.received_at, self.publishing,
+                                          stamp(self.clock.now()))
+                stored[i] = self.store.save([batch.results[i].row])[0]  # a bare failed row: not data
+        del self._unmarked[:len(marks)]
+        batch.already = {i for i, r in enumerate(batch.results)
+                         if r.keys and set(r.keys) <= stored[i].published}
 
-    def _save_isolating(self, batch: Completing, indices: list[int]) -> list[tuple[int, Exception]]:
+    def _save_isolating(self, batch: Completing, indices: list[int]) -> tuple[dict, list[tuple[int, Exception]]]:
         try:
-            self.store.save([batch.results[i].row for i in indices])
-            return []
+            return dict(zip(indices, self.store.save([batch.results[i].row for i in indices]))), []
         except Exception as exc:
             if not self.store.is_data_error(exc):
                 raise
             if len(indices) == 1:
-                return [(indices[0], exc)]
+                return {}, [(indices[0], exc)]
         half = len(indices) // 2
-        return self._save_isolating(batch, indices[:half]) + self._save_isolating(batch, indices[half:])
+        first, bad_first = self._save_isolating(batch, indices[:half])
+        second, bad_second = self._save_isolating(batch, indices[half:])
+        return {**first, **second}, bad_first + bad_second
 
     # ------------------------------------------------------------ publish
 
     def _publish(self, batch: Completing) -> None:
-        pending = [i for i, r in enumerate(batch.results) if r.outbound is not None and i not in batch.acked]
+        pending = [i for i, r in enumerate(batch.results)
+                   if r.outbound is not None and i not in batch.acked and i not in batch.already]
         try:
             self.producers.producer.publish([batch.results[i].outbound for i in pending], PUBLISH_TIMEOUT_S)
         except PublishError as exc:
             failed = {pending[k]: kind for k, kind in exc.failed.items()}
-            batch.acked.update(i for i in pending if i not in failed)
+            self._acked(batch, [i for i in pending if i not in failed])
             for i, kind in failed.items():
                 r = batch.results[i]
                 if kind == "too_large" and r.outbound is not None:
                     log.warning("%s %s refused as too large; publishing it without its payload",
                                 "dead letter" if r.reason else "alert", r.row.event_id)
-                    batch.results[i] = EventResult(r.row, shrink(r.outbound, dead_letter=r.reason is not None), r.reason)
+                    batch.results[i] = replace(r, outbound=shrink(r.outbound, dead_letter=r.reason is not None))
             raise
-        batch.acked.update(pending)
+        self._acked(batch, pending)
+
+    def _acked(self, batch: Completing, indices: list[int]) -> None:
+        """Acknowledged: remembered in the store with the next batch's save (a crash before then
+        publishes them again: at least once)."""
+        batch.acked.update(indices)
+        self._unmarked += [(batch.results[i].row.event_id, key) for i in indices for key in batch.results[i].keys]
+
+    def flush_published(self) -> None:
+        """Remember now what went out (on stop)."""
+        if self._unmarked:
+            self.store.mark_published(self._unmarked)
+            self._unmarked.clear()
 
     # ------------------------------------------------------------ commit
 
@@ -262,15 +284,16 @@ class Completion:
         now = self.clock.monotonic()
         for received in batch.received:
             self.metrics.event_latency.observe(now - received)
-        for r in batch.results:
+        for i, r in enumerate(batch.results):
             if r.reason is not None:
                 self.metrics.events.labels("dead_lettered").inc()
-                self.metrics.dlq.labels(r.reason.value).inc()
+                if i not in batch.already:
+                    self.metrics.dlq.labels(r.reason.value).inc()
                 continue
             self.metrics.events.labels("scored").inc()
             for a in r.row.attributions:
-                self.metrics.verdicts.labels(a.model, "match" if a.belongs else "no_match").inc()
-        self.metrics.alerts.inc(sum(1 for r in batch.results if r.alerted))
+                self.metrics.verdicts.labels(a.model, "match" if a.belongs else "no_match", a.mode).inc()
+        self.metrics.alerts.inc(sum(1 for i, r in enumerate(batch.results) if r.alerted and i not in batch.already))
         count_provenance(self.metrics, batch.results)
         self.committed_events += batch.size
 

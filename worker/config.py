@@ -233,6 +233,12 @@ class WatchlistEntry:
     subfolder: str = ""
     kind: str = ""
     dtype: str = "fp32"
+    # alert: matches alert and set best_match; shadow: scored and stored, never alerts nor sets
+    # best_match (to read a new model's rate on real traffic first); off: not loaded at all.
+    mode: str = "alert"
+
+
+WATCHLIST_MODES = ("alert", "shadow", "off")
 
 
 @dataclass(frozen=True)
@@ -346,6 +352,8 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
         raise ConfigError("watchlist: expected [[watchlist]] tables")
     watchlist = tuple(_build(WatchlistEntry, e, f"watchlist[{i}]") for i, e in enumerate(entries))
     for i, w in enumerate(watchlist):
+        if w.mode not in WATCHLIST_MODES:
+            raise ConfigError(f"watchlist[{i}].mode: {w.mode!r} is not one of {', '.join(WATCHLIST_MODES)}")
         if w.kind and w.kind not in AUTOENCODER_KINDS:
             raise ConfigError(f"watchlist[{i}].kind: unknown family {w.kind!r}; expected one of {', '.join(AUTOENCODER_KINDS)}")
     names = [w.name for w in watchlist]

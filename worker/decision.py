@@ -2,8 +2,10 @@
 is an event's best match.
 
 An image is attributed to model k when its calibrated score is below k's threshold (strict,
-METHOD.md). Several models can match one image; the event's `best_match` is the match with the
-lowest score/threshold, the model whose threshold it clears by the widest factor. The worker,
+METHOD.md). Several models can match one image. The matches that alert are those of models in
+`alert` mode (a `shadow` model is scored and stored, but never alerts); the event's `best_match`
+is the alerting match with the lowest score/threshold, the model whose threshold it clears by
+the widest factor. The worker,
 `aedr score`, `aedr calibrate` and the demo all decide through these functions, so they cannot
 disagree.
 """
@@ -11,7 +13,7 @@ disagree.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -41,6 +43,17 @@ class Match:
 
     def as_dict(self) -> dict[str, object]:
         return {"model": self.model, "score": self.score, "threshold": self.threshold}
+
+
+def alerting(attributions: Iterable[Any]) -> list[Match]:
+    """The matches that alert, from attributions (records, or rows as mappings): attributed
+    (`belongs`) by a model in `alert` mode."""
+    out = []
+    for a in attributions:
+        get = a.get if isinstance(a, Mapping) else lambda key, default=None, a=a: getattr(a, key, default)
+        if get("belongs") and get("mode", "alert") == "alert":
+            out.append(Match(get("model"), get("score"), get("threshold")))
+    return out
 
 
 def best_match(matches: Iterable[Match]) -> Match | None:

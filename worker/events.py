@@ -150,11 +150,13 @@ def event_id_hint(value: bytes | None) -> str | None:
 
 
 def alert_message(event: UploadEvent, matches: list[dict[str, Any]], best: dict[str, Any] | None, scored_at: str,
-                  alerted_by: list[str] | None = None, provenance: dict[str, Any] | None = None) -> bytes:
+                  alerted_by: list[str] | None = None, provenance: dict[str, Any] | None = None,
+                  rescan: bool = False) -> bytes:
     """The alert published for an event that matched at least one watchlist model, or whose
     provenance alerts; `best` is the match `worker.decision.best_match` chose (None when no model
     matched), `alerted_by` says why ("aedr", "provenance"), `provenance` is the section that
-    worker.provenance_step builds (absent when provenance is disabled)."""
+    worker.provenance_step builds (absent when provenance is disabled); `rescan` marks an alert
+    that `aedr rescan` raised for an event scored before."""
     payload: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "event_id": event.event_id,
@@ -162,6 +164,7 @@ def alert_message(event: UploadEvent, matches: list[dict[str, Any]], best: dict[
         "best_match": best,
         "alerted_by": alerted_by if alerted_by is not None else ["aedr"],
         "scored_at": scored_at,
+        "rescan": rescan,
         "metadata": event.metadata,
     }
     if provenance is not None:

@@ -46,7 +46,8 @@ class Metrics:
             "aedr_events", "Events finished, by outcome (scored | dead_lettered).", ["outcome"], registry=registry
         )
         self.verdicts = Counter(
-            "aedr_verdicts", "Verdicts per watchlist model (match | no_match).", ["model", "verdict"], registry=registry
+            "aedr_verdicts", "Verdicts per watchlist model (match | no_match) and mode (alert | shadow).",
+            ["model", "verdict", "mode"], registry=registry
         )
         self.batch_size = Histogram(
             "aedr_batch_size", "Events per scored micro-batch.", buckets=BATCH_BUCKETS, registry=registry
@@ -77,6 +78,9 @@ class Metrics:
             "aedr_store_errors", "Failed attempts to store a micro-batch (retried).", registry=registry
         )
         self.models_loaded = Gauge("aedr_models_loaded", "Watchlist models loaded.", registry=registry)
+        self.reloads = Counter("aedr_reloads", "Watchlist reloads (outcome: ok | failed).", ["outcome"], registry=registry)
+        for outcome in ("ok", "failed"):
+            self.reloads.labels(outcome)
         self.ready = Gauge("aedr_ready", "1 when models are loaded and the database is reachable.", registry=registry)
         self.faulted = Gauge(
             "aedr_faulted", "1 while the worker holds work for a fault of its own (cause: models, dead_letters, input).",

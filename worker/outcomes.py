@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Callable, Sequence
 
-from .decision import Match, best_match
+from .decision import Match, alerting, best_match
 from .events import Reason, UploadEvent, alert_message
 from .messages import Outbound
 from .prepare import Prepared, Rejection
@@ -42,6 +42,7 @@ class Publishing:
     max_alert_bytes: int = 1_000_000
     max_message_bytes: int = 32 * 1024 * 1024  # the producer's max_request_size
     forward_headers: tuple[str, ...] = ()  # input headers copied onto alerts (kafka.forward_headers)
+    rescan: bool = False  # alerts are marked "rescan": true (aedr rescan)
 
     def forwarded(self, headers: tuple[tuple[str, bytes], ...]) -> tuple[tuple[str, bytes], ...]:
         """The input headers named in `forward_headers` (case-insensitive), in their order."""
@@ -61,15 +62,27 @@ class Judged:
 
 @dataclass(frozen=True)
 class EventResult:
-    """What one event stores and publishes."""
+    """What one event stores and publishes. `keys` name what its record stands for, so that it
+    is published once per event, whatever the redeliveries, replays and rescans
+    (worker.storage.records): `dlq` for a dead letter; `alert:<model>@<calibration>` for each
+    alerting match and `alert:provenance` for a provenance alert."""
 
     row: EventOutcome
     outbound: Outbound | None  # its alert or dead letter, if any
     reason: Reason | None = None  # set for a dead letter
+    keys: tuple[str, ...] = ()
 
     @property
     def alerted(self) -> bool:
         return self.outbound is not None and self.reason is None
+
+
+DEAD_LETTER_KEY = "dlq"
+PROVENANCE_KEY = "alert:provenance"
+
+
+def alert_key(attribution: AttributionRecord) -> str:
+    return f"alert:{attribution.model}@{attribution.calibration_sha256[:16]}"
 
 
 def clean_text(text: str, limit: int = MAX_ERROR_CHARS) -> str:
@@ -97,7 +110,7 @@ def build(judged: Sequence[Judged], publishing: Publishing, scored_at: datetime)
             result = reject(p, rejection, item.received_at, publishing, when)
             out.append(replace(result, row=replace(result.row, provenance=signals, provenance_errors=errors)))
             continue
-        matches = [Match(a.model, a.score, a.threshold) for a in item.attributions if a.belongs]
+        matches = alerting(item.attributions)
         best = best_match(matches)
         row = EventOutcome(
             event_id=p.event_id, topic=m.topic, partition=m.partition, offset=m.offset, status="scored",
@@ -107,12 +120,14 @@ def build(judged: Sequence[Judged], publishing: Publishing, scored_at: datetime)
         alert = None
         provenance = p.provenance
         alerted_by = (["aedr"] if best is not None else []) + (["provenance"] if provenance and provenance.alerts else [])
+        keys = tuple(alert_key(a) for a in item.attributions if a.belongs and a.mode == "alert")
+        keys += (PROVENANCE_KEY,) if "provenance" in alerted_by else ()
         if alerted_by and p.event is not None:
             alert = Outbound(publishing.alerts, p.event.event_id.encode(),
                              fitted_alert(p.event, matches, best, when, publishing.max_alert_bytes, alerted_by,
-                                          provenance.section() if provenance else None),
+                                          provenance.section() if provenance else None, publishing.rescan),
                              publishing.forwarded(m.headers))
-        out.append(EventResult(row, alert))
+        out.append(EventResult(row, alert, keys=keys if alert is not None else ()))
     return out
 
 
@@ -131,14 +146,15 @@ def reject(prepared: Prepared, rejection: Rejection, received_at: datetime, publ
     letter = Outbound(publishing.dlq, m.key, m.value, headers)  # a tombstone stays a tombstone
     if _size(letter) > publishing.max_message_bytes:
         letter = shrink(letter, dead_letter=True)
-    return EventResult(row, letter, rejection.reason)
+    return EventResult(row, letter, rejection.reason, (DEAD_LETTER_KEY,))
 
 
 def fitted_alert(event: UploadEvent, matches: list[Match], best: Match | None, when: str, max_bytes: int,
-                 alerted_by: list[str] | None = None, provenance: dict[str, Any] | None = None) -> bytes:
+                 alerted_by: list[str] | None = None, provenance: dict[str, Any] | None = None,
+                 rescan: bool = False) -> bytes:
     """The alert, with the event's metadata cut to fit `max_bytes` when it does not (the
     provenance section is bounded at extraction: at most 32 signals and 32 errors)."""
-    args = ([m.as_dict() for m in matches], best.as_dict() if best else None, when, alerted_by, provenance)
+    args = ([m.as_dict() for m in matches], best.as_dict() if best else None, when, alerted_by, provenance, rescan)
     value = alert_message(event, *args)
     if len(value) <= max_bytes:
         return value

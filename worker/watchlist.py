@@ -28,6 +28,7 @@ class WatchedModel:
     model: Autoencoder
     calibration: Calibration
     tile: int | None
+    mode: str = "alert"  # alert | shadow (an `off` model is never loaded)
 
     @property
     def threshold(self) -> float:
@@ -49,7 +50,7 @@ class LoadInterrupted(Exception):
 class Watchlist:
     def __init__(self, entries: Sequence[WatchedModel], batch_size: int = 16, max_pixels: int | None = None):
         if not entries:
-            raise CalibrationError("the watchlist is empty: add at least one [[watchlist]] model")
+            raise CalibrationError("the watchlist is empty: add at least one [[watchlist]] model not in mode 'off'")
         self.entries = tuple(entries)
         self.batch_size = batch_size
         self.max_pixels = max_pixels
@@ -58,13 +59,16 @@ class Watchlist:
     def load(cls, settings_watchlist, device: str | None, batch_size: int, compile_mode: str = "off",
              channels_last: bool = True, max_pixels: int = -1,
              interrupted: Callable[[], bool] = lambda: False) -> "Watchlist":
-        """Load every model and its calibration; refuse thresholds fitted on other weights or
-        other preprocessing (the tile comes from the calibration, so it always matches).
+        """Load every model (but those in mode `off`) and its calibration; refuse thresholds fitted
+        on other weights or other preprocessing (the tile comes from the calibration, so it
+        always matches).
         Raises `LoadInterrupted` between models once `interrupted()` is true."""
         entries = []
         for entry in settings_watchlist:
             if interrupted():
                 raise LoadInterrupted()
+            if entry.mode == "off":
+                continue
             model = load_autoencoder(
                 entry.model, subfolder=entry.subfolder or None, kind=entry.kind or None,
                 name=entry.name, device=None if device in (None, "auto") else device, dtype=entry.dtype,
@@ -74,7 +78,7 @@ class Watchlist:
             tile = calibration.preprocessing.get("tile")
             calibration.check_matches(model.weights_sha256, preprocessing_spec(model.spatial_factor, tile, model.dtype),
                                      model.kind)
-            entries.append(WatchedModel(entry.name, model, calibration, tile))
+            entries.append(WatchedModel(entry.name, model, calibration, tile, entry.mode))
         budget = pixel_budget(entries[0].model.device) if max_pixels < 0 and entries else (max_pixels or None)
         return cls(entries, batch_size, budget)
 
@@ -84,7 +88,7 @@ class Watchlist:
                 model=e.name, weights_sha256=e.calibration.weights_sha256, alpha=e.calibration.alpha,
                 threshold=e.calibration.threshold, n=e.calibration.n,
                 preprocessing_sha256=e.calibration.preprocessing_sha256,
-                calibrated_at=e.calibration.created_at or "",
+                calibrated_at=e.calibration.created_at or "", calibration_sha256=e.calibration.sha256,
             )
             for e in self.entries
         ]
@@ -118,7 +122,8 @@ class Watchlist:
         return tuple(
             AttributionRecord(
                 model=e.name, loss1=s.loss1, loss2=s.loss2, ratio=s.ratio, homogeneity=s.homogeneity,
-                score=s.score, threshold=e.threshold, belongs=belongs(s.score, e.threshold),
+                score=s.score, threshold=e.threshold, belongs=belongs(s.score, e.threshold), mode=e.mode,
+                weights_sha256=e.model.weights_sha256, calibration_sha256=e.calibration.sha256,
             )
             for e, s in zip(self.entries, scores)
         )

@@ -12,8 +12,12 @@ from worker.harness import REPO, postgres_database
 
 EXPECTED = {
     "events": {"event_id", "topic", "partition", "offset", "status", "error", "received_at", "scored_at", "best_match"},
-    "attributions": {"event_id", "model", "loss1", "loss2", "ratio", "homogeneity", "score", "threshold", "belongs", "scored_at"},
-    "calibrations": {"model", "weights_sha256", "alpha", "threshold", "n", "preprocessing_sha256", "calibrated_at", "recorded_at"},
+    "attributions": {"event_id", "model", "loss1", "loss2", "ratio", "homogeneity", "score", "threshold", "belongs", "scored_at",
+                     "mode", "weights_sha256", "calibration_sha256"},
+    "calibrations": {"model", "weights_sha256", "alpha", "threshold", "n", "preprocessing_sha256", "calibrated_at", "recorded_at",
+                     "calibration_sha256"},
+    "published": {"event_id", "key", "published_at"},
+    "replays": {"fingerprint", "source", "reason", "replayed_at"},
     "provenance_signals": {"event_id", "idx", "kind", "strength", "generator", "generative", "alerted", "detail"},
     "provenance_errors": {"event_id", "idx", "kind", "reason", "message"},
 }
@@ -35,7 +39,10 @@ def check_schema(url: str) -> None:
         inspector = inspect(engine)
         for table, columns in EXPECTED.items():
             assert {c["name"] for c in inspector.get_columns(table)} == columns
-        assert inspector.get_pk_constraint("attributions")["constrained_columns"] == ["event_id", "model"]
+        assert inspector.get_pk_constraint("attributions")["constrained_columns"] == ["event_id", "model",
+                                                                                      "calibration_sha256"]
+        assert inspector.get_pk_constraint("calibrations")["constrained_columns"] == ["model", "calibration_sha256"]
+        assert inspector.get_pk_constraint("published")["constrained_columns"] == ["event_id", "key"]
         assert inspector.get_pk_constraint("events")["constrained_columns"] == ["event_id"]
         for table in ("provenance_signals", "provenance_errors"):
             assert inspector.get_pk_constraint(table)["constrained_columns"] == ["event_id", "idx"]
@@ -88,12 +95,21 @@ def _rows_at_0001(url: str) -> dict[str, list[tuple]]:
         engine.dispose()
 
 
+# The columns of 0001, whose values must come through every later migration unchanged.
+COLUMNS_0001 = {
+    "events": '"event_id", "topic", "partition", "offset", "status", "error", "received_at", "scored_at", "best_match"',
+    "attributions": '"event_id", "model", "loss1", "loss2", "ratio", "homogeneity", "score", "threshold", "belongs", '
+                    '"scored_at"',
+    "calibrations": '"model", "weights_sha256", "alpha", "threshold", "n", "preprocessing_sha256", "calibrated_at"',
+}
+
+
 def _snapshot(engine) -> dict[str, list[tuple]]:
     from sqlalchemy import text
 
     with engine.connect() as conn:
-        return {table: sorted(tuple(str(v) for v in row) for row in conn.execute(text(f"SELECT * FROM {table}")))
-                for table in ("events", "attributions", "calibrations")}
+        return {table: sorted(tuple(str(v) for v in row) for row in conn.execute(text(f"SELECT {cols} FROM {table}")))
+                for table, cols in COLUMNS_0001.items()}
 
 
 def _check_carried_forward(url: str, before: dict[str, list[tuple]]) -> None:
@@ -106,6 +122,10 @@ def _check_carried_forward(url: str, before: dict[str, list[tuple]]) -> None:
     try:
         assert _snapshot(store.engine) == before and len(before["events"]) == 2
         assert store.provenance_signals() == [] and store.provenance_errors() == []
+        (old,) = store.attributions()  # a verdict from before: judged in mode alert, calibration unknown
+        assert (old["mode"], old["calibration_sha256"], old["weights_sha256"]) == ("alert", "legacy", "")
+        (calibration,) = store.calibrations()
+        assert calibration["calibration_sha256"].startswith("legacy-") and calibration["weights_sha256"] == "ab"
         now = datetime(2026, 11, 29, tzinfo=timezone.utc)
         new = EventOutcome("new-1", "uploads", 0, 9, "scored", now, now,
                            provenance=(ProvenanceRecord(0, "c2pa", "trusted", "stable-diffusion-xl", True, True, "{}"),))

@@ -9,6 +9,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from worker.storage import (
+    Stored,
     AttributionRecord, CalibrationRecord, EventOutcome, MemoryStore, ProvenanceErrorRecord, ProvenanceRecord, SqlStore,
     upgrade,
 )
@@ -121,3 +122,36 @@ def test_counts_match_what_was_stored(store):
     store.save(outcomes(0, 5))
     store.save(outcomes(3, 4))
     assert store.count_events() == 7 == len(store.events())
+
+
+def _scored(event_id: str, when: datetime, *verdicts: tuple[str, float, float, str, str]) -> EventOutcome:
+    """verdicts: (model, score, threshold, mode, calibration)"""
+    rows = tuple(AttributionRecord(m, 1e-3, 1e-3, 1.0, 0.5, score, tau, score < tau, mode, "w" * 64, cal)
+                 for m, score, tau, mode, cal in verdicts)
+    return EventOutcome(event_id, "uploads", 0, 1, "scored", when, when, attributions=rows)
+
+
+def test_the_record_stays_true_when_an_event_comes_again(store):
+    t0 = datetime(2026, 11, 28, 4, 0, tzinfo=timezone.utc)
+    failed = EventOutcome("e1", "uploads", 0, 1, "failed", t0, error="too_large: image is 30 MB")
+    (first,) = store.save([failed])
+    assert first == Stored(existed=False, published=frozenset())
+    store.mark_published([("e1", "dlq")])
+    # replayed after the limit was raised: it scores now; a shadow model matches better
+    later = _scored("e1", t0 + timedelta(hours=1), ("sd15", 0.8, 1.0, "alert", "c1"), ("new", 0.1, 1.0, "shadow", "n1"))
+    (again,) = store.save([later])
+    assert again == Stored(existed=True, published=frozenset({"dlq"}))
+    row = {r["event_id"]: r for r in store.events()}["e1"]
+    assert (row["status"], row["error"], row["best_match"]) == ("scored", None, "sd15")  # shadow never best
+    # a rescan under a new calibration of sd15 (no longer a match) and a new alerting model
+    rescan = _scored("e1", t0 + timedelta(hours=2), ("sd15", 0.8, 0.5, "alert", "c2"), ("flux", 0.3, 1.0, "alert", "f1"))
+    store.save([rescan], published=[("e1", "alert:sd15@c1")])
+    rows = {(a["model"], a["calibration_sha256"]) for a in store.attributions() if a["event_id"] == "e1"}
+    assert rows == {("sd15", "c1"), ("new", "n1"), ("sd15", "c2"), ("flux", "f1")}  # every verdict kept
+    assert {r["event_id"]: r for r in store.events()}["e1"]["best_match"] == "flux"  # from the current ones
+    (third,) = store.save([rescan])
+    assert third.published == {"dlq", "alert:sd15@c1"}
+    # a redelivery that fails now does not undo the scored record
+    store.save([EventOutcome("e1", "uploads", 0, 1, "failed", t0 + timedelta(hours=3), error="fetch: timeout")])
+    row = {r["event_id"]: r for r in store.events()}["e1"]
+    assert (row["status"], row["error"], row["best_match"]) == ("scored", None, "flux")

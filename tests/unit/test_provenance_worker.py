@@ -284,7 +284,7 @@ def test_a_skipped_event_is_scored_without_the_models_and_alerts_from_its_creden
     assert alert["provenance"]["alerting"][0]["generator"] == "stable-diffusion-xl"
     assert r.sample("aedr_provenance_skips_total") == 1
     assert r.sample("aedr_events_total", outcome="scored") == 2
-    assert sum(r.sample("aedr_verdicts_total", model=m, verdict=v) or 0
+    assert sum(r.sample("aedr_verdicts_total", model=m, verdict=v, mode="alert") or 0
                for m in ("alpha", "beta") for v in ("match", "no_match")) == 2  # one image × two models
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Callable, Sequence
 
-from .decision import Match, best_match
+from .decision import decide
 from .events import Reason, alert_message
 from .messages import Outbound
 from .prepare import Prepared, Rejection
@@ -71,8 +71,7 @@ def build(judged: Sequence[Judged], topics: Topics, scored_at: datetime) -> Batc
             ))
             outbound.append(dead_letter(p, rejection, topics.dlq, when))
             continue
-        matches = [Match(a.model, a.score, a.threshold) for a in item.attributions if a.belongs]
-        best = best_match(matches)
+        matches, best = decide(item.attributions)
         rows.append(EventOutcome(
             event_id=p.event_id, topic=m.topic, partition=m.partition, offset=m.offset, status="scored",
             received_at=item.received_at, scored_at=scored_at, best_match=best.model if best else None,

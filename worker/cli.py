@@ -50,7 +50,7 @@ def _add_tile_args(parser: argparse.ArgumentParser) -> None:
 def _add_method_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", choices=["auto", "aedr", "fused"], default="auto",
                         help="score method: aedr = the paper's t'; fused = fitted on own images vs negatives; "
-                             "auto (default) = fused when negatives are given, else aedr")
+                             "auto (default) = fused when there are ≥ 20 own images and ≥ 20 negatives, else aedr")
     parser.add_argument("--max-false-alerts", type=float, default=None, metavar="B",
                         help="set τ so that at most a fraction B of the negatives is attributed "
                              "(refused when the negatives are too few to show B)")
@@ -98,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     calw.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: scoring.device of the config)")
     calw.add_argument("--batch-size", type=int, default=16)
     calw.add_argument("--quiet", action="store_true", help="no progress bar")
+    calw.add_argument("--plot-dir", default=None, help="write calibration-<name>.png per model there")
     _add_tile_args(calw)
     _add_method_args(calw)
 
@@ -228,7 +229,7 @@ def _pairs(values: Sequence[str], option: str) -> dict[str, str]:
 def _cmd_calibrate_watchlist(args: argparse.Namespace) -> int:
     from .config import load_settings
     from .models import load_autoencoder
-    from .offline import calibrate_watchlist
+    from .offline import calibrate_watchlist, plot_calibration
 
     if args.max_false_alerts is None or not 0 < args.max_false_alerts < 1:
         return _fail("--max-false-alerts B, a fraction in (0, 1), is required")
@@ -247,12 +248,15 @@ def _cmd_calibrate_watchlist(args: argparse.Namespace) -> int:
     ]
     if problem := _check_tile([m for _, m in models], args.tile, args.max_tiles):
         return _fail(problem)
-    calibrations, joint = calibrate_watchlist(
+    calibrations, joint, sets = calibrate_watchlist(
         models, images, args.negatives, args.max_false_alerts, validation, method=args.method,
         batch_size=args.batch_size, tile=args.tile, max_tiles=args.max_tiles, progress=not args.quiet)
-    for entry, calibration in zip(settings.watchlist, calibrations):
+    for entry, calibration, scores in zip(settings.watchlist, calibrations, sets):
         Path(entry.calibration).parent.mkdir(parents=True, exist_ok=True)
         calibration.save(entry.calibration)
+        if args.plot_dir:
+            Path(args.plot_dir).mkdir(parents=True, exist_ok=True)
+            plot_calibration(calibration, scores, Path(args.plot_dir) / f"calibration-{entry.name}.png")
         print(json.dumps({"model": entry.name, "method": calibration.method["name"], "threshold": calibration.threshold,
                           "false_alerts": calibration.false_alerts["rate"], "recall": calibration.recall["recall"],
                           "out": entry.calibration}), file=sys.stderr)

@@ -185,11 +185,16 @@ def _many(model: Autoencoder, directories: Sequence[str | Path], batch_size: int
     return out
 
 
-def resolve_method(method: str, has_negatives: bool) -> str:
-    """`auto`: the fused method when negatives are given (it is fitted on them), else the paper's."""
+# `--method auto` fits the fused method only on at least this many own images and negatives.
+AUTO_FUSED_MIN = 20
+
+
+def resolve_method(method: str, n_own: int, n_negatives: int) -> str:
+    """`auto`: the fused method when there are at least AUTO_FUSED_MIN own images and negatives
+    to fit it on, else the paper's."""
     if method == "auto":
-        return FUSED if has_negatives else AEDR
-    if method == FUSED and not has_negatives:
+        return FUSED if min(n_own, n_negatives) >= AUTO_FUSED_MIN else AEDR
+    if method == FUSED and not n_negatives:
         raise CalibrationError("--method fused is fitted on negatives: give at least one --negatives directory")
     return method
 
@@ -222,7 +227,8 @@ def calibrate(
 
     The threshold: at a false-alert target B when given (τ on the negatives, refused when they
     are too few to show B), else at α selected on a validation set, else at a fixed α."""
-    method = resolve_method(method, bool(negatives))
+    if method == FUSED and not negatives:
+        raise CalibrationError("--method fused is fitted on negatives: give at least one --negatives directory")
     if validation is not None and max_false_alerts is None and not negatives:
         raise CalibrationError("--validation needs at least one --negatives directory")
     if max_false_alerts is not None and not negatives:
@@ -231,7 +237,7 @@ def calibrate(
     neg = _many(model, negatives, batch_size, tile, max_tiles, progress, "negatives")
     if max_false_alerts is not None:
         check_target_supported(max_false_alerts, len(neg))
-    fitted, own_s, neg_s = _method_scores(own, neg, method)
+    fitted, own_s, neg_s = _method_scores(own, neg, resolve_method(method, len(own), len(neg)))
     sets: dict[str, np.ndarray] = {"calibration": own_s}
     if neg:
         sets["negatives"] = neg_s
@@ -290,7 +296,7 @@ def calibrate_watchlist(
     tile: int | None = None,
     max_tiles: int | None = DEFAULT_MAX_TILES,
     progress: bool = True,
-) -> tuple[list[Calibration], dict[str, Any]]:
+) -> tuple[list[Calibration], dict[str, Any], list[dict[str, np.ndarray]]]:
     """Calibrate every model of a watchlist together to one false-alert target B.
 
     `negatives` are images no watched model made (real photos): B bounds the fraction of them
@@ -298,7 +304,9 @@ def calibrate_watchlist(
     its own images against these negatives and the other watched models' own images (so that it
     also learns to tell the models apart); then `calibration.watchlist_thresholds` gives every
     model one per-model false-alert level, the largest whose union meets B on the negatives'
-    out-of-fold scores. `validation` (own held-out images per model) gives each model's recall."""
+    out-of-fold scores. `validation` (own held-out images per model) gives each model's recall.
+    Returns the calibrations (watchlist order), the joint record, and each model's score sets
+    (for `plot_calibration`)."""
     validation = validation or {}
     names = [name for name, _ in models]
     missing = [n for n in names if n not in images]
@@ -307,7 +315,8 @@ def calibrate_watchlist(
     unknown = sorted((set(images) | set(validation)) - set(names))
     if unknown:
         raise CalibrationError(f"--images/--validation name(s) {', '.join(unknown)} are not in the watchlist ({', '.join(names)})")
-    method = resolve_method(method, bool(negatives))
+    if method == FUSED and not negatives:
+        raise CalibrationError("--method fused is fitted on negatives: give at least one --negatives directory")
     fits, real_matrix, extra = [], [], []
     for name, model in models:
         own = scores_of_directory(model, images[name], batch_size, tile, progress, f"{name}: own", max_tiles)
@@ -315,7 +324,7 @@ def calibrate_watchlist(
         check_target_supported(max_false_alerts, len(real))
         others = _many(model, [images[o] for o in names if o != name], batch_size, tile, max_tiles, progress,
                        f"{name}: other models")
-        fitted, own_s, neg_s = _method_scores(own, real + others, method)
+        fitted, own_s, neg_s = _method_scores(own, real + others, resolve_method(method, len(own), len(real + others)))
         real_s = neg_s[: len(real)]
         val = None
         if name in validation:
@@ -337,8 +346,9 @@ def calibrate_watchlist(
              "upper_bound95": high}
     joint = {"models": names, "per_model_level": level, "union_false_alerts": union,
              "rule": "one per-model false-alert level for every model, the largest whose union meets the target"}
-    calibrations = []
+    calibrations, plots = [], []
     for (name, model, fitted, own_s, val), tau, real_s in zip(fits, thresholds, real_matrix):
+        plots.append({"calibration": own_s, "negatives": real_s, **({"validation": val} if val is not None else {})})
         recall_on = ("validation", val) if val is not None else (
             "calibration (out-of-fold)" if fitted.name == FUSED else "calibration", own_s)
         calibrations.append(Calibration.fit(
@@ -349,7 +359,7 @@ def calibrate_watchlist(
             false_alerts=false_alert_summary(real_s, tau), recall=recall_summary(recall_on[1], tau, recall_on[0]),
             watchlist=joint,
         ))
-    return calibrations, joint
+    return calibrations, joint, plots
 
 
 def plot_calibration(calibration: Calibration, sets: dict[str, np.ndarray], path: str | Path) -> None:

@@ -128,10 +128,11 @@ def tile_boxes(height: int, width: int, factor: int, tile: int | None = None,
     cell of its own length, cropped to a multiple of `factor`); the grid is centred with offsets
     that are multiples of `factor`. When the grid has more than `max_tiles` cells, `max_tiles` of
     them are taken evenly spaced in raster order (the diagonal of a square grid), so the tiles
-    spread over the image. `tile=None` is the whole aligned image as one tile (unbounded).
+    spread over the image; `max_tiles=1` is the centred tile. `tile=None` is the whole aligned
+    image as one tile (unbounded).
     """
     box = crop_box(height, width, factor, tile)
-    if tile is None:
+    if tile is None or max_tiles == 1:
         return [box]
     rows = height // tile if box.height == tile else 1
     cols = width // tile if box.width == tile else 1

@@ -206,6 +206,7 @@ def test_tiles_are_aligned_bounded_and_small_images_are_one_tile():
     assert len(tile_boxes(700, 1100, 8, 512, 4)) == 2  # 1 × 2 grid: both
     assert tile_boxes(600, 100, 8, 512) == [crop_box(600, 100, 8, 512)]
     assert len(tile_boxes(4000, 4000, 8, None)) == 1  # tile None: the whole aligned image
+    assert tile_boxes(4000, 4000, 8, 512, 1) == [crop_box(4000, 4000, 8, 512)]  # one tile: the centred one
 
 
 def test_a_small_image_scores_the_same_with_and_without_the_tile_policy():

@@ -29,7 +29,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from .errors import AedrError
-from .scoring import Scores
+from .scoring import STATISTICS_DEFINITION, STATISTICS_VERSION, Scores
 
 AEDR = "aedr"
 FUSED = "fused"
@@ -83,6 +83,9 @@ class Method:
             unknown = set(record["features"]) - set(Scores.__dataclass_fields__)
             if unknown:
                 raise MethodError(f"fused method record names unknown statistics {sorted(unknown)}")
+            if record.get("statistics_version", 1) != STATISTICS_VERSION:  # absent: the first version
+                raise MethodError(f"fused method fitted on statistics version {record.get('statistics_version')}, "
+                                  f"this aedr computes version {STATISTICS_VERSION}; recalibrate")
             return cls(FUSED, dict(record))
         raise MethodError(f"unknown score method {name!r}; known: {', '.join(METHODS)}")
 
@@ -165,6 +168,8 @@ def fit_fused(own: Sequence[Scores], negatives: Sequence[Scores], *, ridge: floa
         "name": FUSED,
         "score": "exp(-logit): odds that the image is not the model's; logit = coefficients · (log(stat) - mean)/scale + intercept",
         "features": list(names),
+        "statistics_version": STATISTICS_VERSION,
+        "statistics": STATISTICS_DEFINITION,
         "transform": "log",
         "mean": [float(v) for v in mean_all],
         "scale": [float(v) for v in scale_all],

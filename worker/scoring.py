@@ -80,6 +80,15 @@ class Scores:
 
 
 STATISTICS = ("loss1", "loss2", "highpass1", "highpass2", "latent_shift", "latent_var")
+# Bumped whenever a statistic's definition changes: a fused calibration records the version it
+# was fitted on and is refused under another (worker.methods).
+STATISTICS_VERSION = 1
+STATISTICS_DEFINITION = {
+    "highpass": "mean over C,H,W of (d - mean3x3(d))^2, replicate padding; d = x1 - x (1), x2 - x1 (2)",
+    "latent_shift": "mean over latent C,H,W of (E(x1) - E(x))^2, E = posterior mode / pre-quantisation latents",
+    "latent_var": "variance of E(x) over latent C,H,W (population)",
+    "tiles": "each statistic is the mean over the image's tiles; H the mean of the tiles' H",
+}
 
 
 @dataclass(frozen=True)

@@ -294,3 +294,41 @@ def test_a_missing_required_option_is_one_line_exit_2(capsys):
         main(["evaluate", "--out", "r.json"])
     err = capsys.readouterr().err.strip()
     assert exc.value.code == 2 and err.count("\n") == 0 and err.startswith("aedr: error: ")
+
+
+def test_evaluate_end_to_end_counts_unreadable_files_and_its_figures_follow_the_predictions(tiny_setup, tmp_path,
+                                                                                          capsys):
+    model_dir, dirs = tiny_setup
+    cal = tmp_path / "m.json"
+    assert main(["calibrate", "--model", str(model_dir), "--name", "m", "--images", str(dirs["own"]),
+                 "--method", "aedr", "--alpha", "0.3", "--out", str(cal), "--quiet"]) == 0
+    (dirs["neg"] / "broken.png").write_bytes(b"not a png")
+    config = tmp_path / "w.toml"
+    config.write_text(f'[scoring]\ndevice = "cpu"\n[[watchlist]]\nname = "m"\nmodel = "{model_dir}"\n'
+                      f'calibration = "{cal}"\n')
+    out, pred, png, md = (tmp_path / n for n in ("r.json", "p.jsonl", "c.png", "r.md"))
+    assert main(["evaluate", "--config", str(config), "--truth", f"m={dirs['own']}", "--truth", f"none={dirs['neg']}",
+                 "--out", str(out), "--predictions", str(pred), "--plot", str(png), "--markdown", str(md),
+                 "--quiet"]) == 0
+    result = json.loads(out.read_text())
+    lines = [json.loads(line) for line in pred.read_text().splitlines()]
+    assert len(lines) == 24 + 100 and result["images"] == 124
+    assert result["unreadable"]["count"] == 1 and result["unreadable"]["files"][0]["error"].startswith("decode:")
+    assert report(lines, ["m"])["confusion"] == result["confusion"]
+    # The matches are every model that passed, with the numbers the decision used.
+    for p in lines:
+        assert (p["predicted"] == "m") == bool(p["matches"])
+        assert all(m["score"] < m["threshold"] for m in p["matches"])
+    threshold = json.loads(cal.read_text())["threshold"]
+    own_hits = sum(p["predicted"] == "m" for p in lines if p["truth"] == "m")
+    assert result["per_model"]["m"]["recall"] == own_hits / 24 and 0 < own_hits < 24  # α = 0.3: some missed
+    assert all(m["threshold"] == threshold for p in lines for m in p["matches"])
+    assert Image.open(png).size[0] > 300 and "| truth \\ predicted |" in md.read_text()
+
+
+def test_a_fused_calibration_from_other_statistics_is_refused(tmp_path):
+    rng = np.random.default_rng(8)
+    fit = fit_fused(_scores(rng, 30, -9.0), _scores(rng, 30, -7.0))
+    record = {**fit.method.params, "statistics_version": 99}
+    with pytest.raises(Exception, match="statistics version 99"):
+        Method.from_record(record)

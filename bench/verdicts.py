@@ -36,7 +36,7 @@ PAPER = "t' alone"
 def throughput(model_name: str, size: int, batch: int, n: int, repeats: int) -> dict[str, float]:
     import torch
 
-    from worker.corpus import model_images
+    from worker.corpus import heldout_photos, model_images
     from worker.methods import Method
     from worker.models import load_autoencoder
     from worker.scoring import homogeneity, reconstruction_stats, to_tensor
@@ -45,7 +45,8 @@ def throughput(model_name: str, size: int, batch: int, n: int, repeats: int) -> 
     model = load_autoencoder(str(zoo_model(model_name).path), name=model_name, device="cpu")
     cal = json.loads(zoo_model(model_name).calibration_path.read_text())
     fused = Method.from_record(cal["method"]) if cal["method"]["name"] == "fused" else None
-    images = list(model_images(model_name, n, size, seed=5))
+    photos = [p for p in heldout_photos() if min(p.shape[:2]) >= size]
+    images = list(model_images(model_name, n, size, seed=5, photos=photos))
     x_all = [torch.stack([to_tensor(im) for im in images[i: i + batch]]) for i in range(0, n, batch)]
 
     @torch.inference_mode()

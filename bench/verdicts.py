@@ -6,7 +6,7 @@ under the tile policy. Prints tables (and, with --doc, writes them into docs/ACC
    - "t' alone": two `reconstruct` calls and the two MSEs (the paper's path, as before this change);
    - "fused statistics": `scoring.reconstruction_stats` (encode/decode separately, latents kept,
      high-pass energies) plus the fused score; both with GLCM H.
-2. Large uploads: one PNG of 1, 4, 8, 12 and 40 MP decoded (`images.decode_image`, the serve
+2. Large uploads: one PNG of 1, 4, 8, 12 and 40 MP read, decoded (`images.decode_image`, the serve
    limits) and scored through `Watchlist.prepare`/`score` with the default policy (at most 4 tiles of
    512²), each in a fresh process: wall time and peak RSS; and the whole image at full resolution
    (tile=None, the old default) for comparison at the sizes that fit.
@@ -81,8 +81,23 @@ def throughput(model_name: str, size: int, batch: int, n: int, repeats: int) -> 
     return out
 
 
-def large_child(megapixels: float, tile: str, model_name: str) -> None:
-    """In a fresh process: decode one PNG of `megapixels` and score it; print JSON."""
+def make_png(megapixels: float, path: Path) -> tuple[int, int]:
+    """A 4:3 PNG of about `megapixels` (a smooth pattern: quick to write and to read)."""
+    from PIL import Image
+
+    width = int(round((megapixels * 1e6 * 4 / 3) ** 0.5))
+    height = int(round(megapixels * 1e6 / width))
+    pixels = np.empty((height, width, 3), dtype=np.uint8)
+    pixels[..., 0] = ((np.arange(width) // 3) % 256).astype(np.uint8)[None, :]
+    pixels[..., 1] = ((np.arange(height) // 5) % 256).astype(np.uint8)[:, None]
+    pixels[..., 2] = ((np.arange(height)[:, None] + np.arange(width)[None, :]) // 7 % 256).astype(np.uint8)
+    Image.fromarray(pixels).save(path, format="PNG", compress_level=1)
+    return width, height
+
+
+def large_child(path: str, tile: str, model_name: str) -> None:
+    """In a fresh process: read and decode one PNG and score it; print JSON (peak RSS of the
+    process, and the RSS before the upload: Python, torch and the model)."""
     import torch
 
     from worker.calibration import Calibration
@@ -94,33 +109,22 @@ def large_child(megapixels: float, tile: str, model_name: str) -> None:
     from worker.zoo import zoo_model
 
     torch.set_num_threads(1)
-    side_w = int(round((megapixels * 1e6 * 4 / 3) ** 0.5))
-    side_h = int(round(megapixels * 1e6 / side_w))
-    yy, xx = np.mgrid[0:side_h, 0:side_w]
-    pixels = np.stack([(xx // 3) % 256, (yy // 5) % 256, ((xx + yy) // 7) % 256], axis=-1).astype(np.uint8)
-    from PIL import Image
-    import io
-
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="PNG", compress_level=1)
-    data = buf.getvalue()
-    del pixels, xx, yy, buf
     model = load_autoencoder(str(zoo_model(model_name).path), name=model_name, device="cpu")
     calibration = Calibration.load(zoo_model(model_name).calibration_path)
     tile_value = None if tile == "full" else int(tile)
     watchlist = Watchlist([WatchedModel(model_name, model, calibration, tile_value, DEFAULT_MAX_TILES if tile_value else 1,
                                         calibration.scorer)], 16, pixel_budget(model.device))
+    watchlist.probe()  # warm: the first call allocates what every call needs
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()
-    image = decode_image(data, ImageSettings())
+    image = decode_image(Path(path).read_bytes(), ImageSettings())
     prepared = watchlist.prepare(image)
     del image
     scores = watchlist.score([prepared])
     watchlist.verdicts(scores[0])
     seconds = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"mp": megapixels, "tile": tile, "seconds": seconds, "peak_rss_mb": peak / 1024,
-                      "before_mb": rss_before / 1024, "width": side_w, "height": side_h}))
+    print(json.dumps({"tile": tile, "seconds": seconds, "peak_rss_mb": peak / 1024, "before_mb": rss_before / 1024}))
 
 
 def section(doc: Path | None, lines: list[str]) -> None:
@@ -144,7 +148,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     if args.child:
-        large_child(float(args.child[0]), args.child[1], args.child[2])
+        large_child(args.child[0], args.child[1], args.child[2])
         return 0
     import torch
 
@@ -165,21 +169,27 @@ def main() -> int:
     lines += [
         "",
         "One upload of each size (a PNG, decoded with the serve limits) through `Watchlist.prepare` → `score` →",
-        "`verdicts` for the smallest zoo model (kl-f4c4), each in a fresh process; peak RSS of that process",
-        "(Python, torch and the model included).",
+        "`verdicts` for the smallest zoo model (kl-f4c4), each in a fresh process: time from the bytes to the",
+        "verdict, the process's RSS before the upload (Python, torch, the model, warmed up) and its peak.",
         "",
-        "| upload | preprocessing | seconds | peak RSS MB |",
-        "|---|---|---:|---:|",
+        "| upload | preprocessing | seconds | RSS before MB | peak RSS MB |",
+        "|---|---|---:|---:|---:|",
     ]
-    for mp, tile in ((1, "512"), (4, "512"), (8, "512"), (12, "512"), (40, "512"), (1, "full"), (4, "full")):
-        out = subprocess.run([sys.executable, __file__, "--child", str(mp), tile, "kl-f4c4"], capture_output=True,
-                             text=True, env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})
-        if out.returncode != 0:
-            raise SystemExit(out.stderr[-2000:])
-        r = json.loads(out.stdout.strip().splitlines()[-1])
-        label = "at most 4 tiles of 512² (default)" if tile == "512" else "whole image (tile=None, the old default)"
-        lines.append(f"| {mp} MP ({r['width']}×{r['height']}) | {label} | {r['seconds']:.1f} | {r['peak_rss_mb']:.0f} |")
-        print(lines[-1], file=sys.stderr, flush=True)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for mp, tile in ((1, "512"), (4, "512"), (8, "512"), (12, "512"), (40, "512"), (1, "full"), (4, "full")):
+            path = Path(tmp) / f"{mp}.png"
+            width, height = make_png(mp, path)
+            out = subprocess.run([sys.executable, __file__, "--child", str(path), tile, "kl-f4c4"], capture_output=True,
+                                 text=True, env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})
+            if out.returncode != 0:
+                raise SystemExit(out.stderr[-2000:])
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            label = "at most 4 tiles of 512² (default)" if tile == "512" else "whole image (tile=None, the old default)"
+            lines.append(f"| {mp} MP ({width}×{height}) | {label} | {r['seconds']:.1f} | {r['before_mb']:.0f} | "
+                         f"{r['peak_rss_mb']:.0f} |")
+            print(lines[-1], file=sys.stderr, flush=True)
     section(Path(args.doc) if args.doc else None, lines)
     return 0
 

@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -95,6 +94,13 @@ def make_png(megapixels: float, path: Path) -> tuple[int, int]:
     return width, height
 
 
+def _status_kb(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise KeyError(key)
+
+
 def large_child(path: str, tile: str, model_name: str) -> None:
     """In a fresh process: read and decode one PNG and score it; print JSON (peak RSS of the
     process, and the RSS before the upload: Python, torch and the model)."""
@@ -115,7 +121,9 @@ def large_child(path: str, tile: str, model_name: str) -> None:
     watchlist = Watchlist([WatchedModel(model_name, model, calibration, tile_value, DEFAULT_MAX_TILES if tile_value else 1,
                                         calibration.scorer)], 16, pixel_budget(model.device))
     watchlist.probe()  # warm: the first call allocates what every call needs
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # /proc, not getrusage: ru_maxrss survives exec, so it would count the parent's peak.
+    rss_before = _status_kb("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current RSS
     t0 = time.perf_counter()
     image = decode_image(Path(path).read_bytes(), ImageSettings())
     prepared = watchlist.prepare(image)
@@ -123,7 +131,7 @@ def large_child(path: str, tile: str, model_name: str) -> None:
     scores = watchlist.score([prepared])
     watchlist.verdicts(scores[0])
     seconds = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = _status_kb("VmHWM")
     print(json.dumps({"tile": tile, "seconds": seconds, "peak_rss_mb": peak / 1024, "before_mb": rss_before / 1024}))
 
 

@@ -91,6 +91,9 @@ def main() -> None:
         details[member.name] += (alpha,)
         print(f"{member.name}: done", flush=True)
     seconds = time.perf_counter() - started
+    count = lambda d: len(list(iter_image_paths([sets / d])))  # noqa: E731
+    n_cal, n_val, n_test = (count(f"{names[0]}/{s}") for s in ("calibration", "validation", "test"))
+    n_real_val, n_real_test = count("real/validation"), count("real/test")
 
     labels = list(METHODS) + ["AEDR, α selected"]
     lines = [
@@ -112,9 +115,10 @@ def main() -> None:
         "",
         f"Machine: {machine()}. Date: {datetime.now(timezone.utc):%Y-%m-%d}. Run time: {seconds:.0f} s.",
         "",
-        f"Thresholds: KDE at 1 − α (α = {args.alpha:g}) on 150 calibration images per model. Test sets:",
-        f"100 own images per model, {100 * (len(names) - 1)} other-model images (the {len(names) - 1} others), 200 real crops, all",
-        "64×64 PNG. \"α selected\" picks α on 50 own validation images vs 100 real validation crops.",
+        f"Thresholds: KDE at 1 − α (α = {args.alpha:g}) on {n_cal} calibration images per model. Test sets:",
+        f"{n_test} own images per model, {n_test * (len(names) - 1)} other-model images (the {len(names) - 1} others), "
+        f"{n_real_test} real crops, all",
+        f"64×64 PNG. \"α selected\" picks α on {n_val} own validation images vs {n_real_val} real validation crops.",
         "",
     ]
     for title, table in (("Table 1: own images vs other models' images", table1),

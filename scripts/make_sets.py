@@ -5,7 +5,7 @@ Layout written under --out (default data/sets, not committed; deterministic for 
     <out>/<model>/calibration/*.png   own images for fitting the threshold
     <out>/<model>/validation/*.png    own images for selecting α
     <out>/<model>/test/*.png          own images for the accuracy report
-    <out>/real/validation/*.png       real photo crops (negatives for α selection)
+    <out>/real/validation/*.png       real photo crops (negatives: α selection, false-alert targets)
     <out>/real/test/*.png             real photo crops for the accuracy report
 
 Every image is 8-bit RGB PNG, SIZE×SIZE. Generated images start from crops of photographs the
@@ -27,7 +27,7 @@ from worker.corpus import heldout_photos, model_images, real_images
 from worker.zoo import ZOO
 
 SPLITS = {"calibration": 150, "validation": 50, "test": 100}
-REAL_SPLITS = {"validation": 100, "test": 200}
+REAL_SPLITS = {"validation": 300, "test": 200}  # 300: enough negatives for a 3 % false-alert target (≥ 122)
 
 
 def save_all(images: np.ndarray, directory: Path) -> None:

@@ -1,10 +1,12 @@
 """The `aedr` command: argument parsing and dispatch, nothing else (a running worker is
 composed in `worker.service.build`).
 
-Subcommands: `score` and `calibrate` work on files; `serve` runs the stream worker; `demo` runs
-the whole system on this machine; `db upgrade` applies migrations and `db prune` deletes old
-rows. Expected failures (a missing model, a bad calibration, a bad config, a failed migration)
-print one `aedr: error:` line and exit with the documented status, never a trace.
+Subcommands: `score`, `calibrate` and `calibrate-watchlist` work on files; `evaluate` measures a
+watchlist's verdicts on folders of known truth, through the serve path; `serve` runs the stream
+worker; `demo` runs the whole system on this machine; `db upgrade` applies migrations and
+`db prune` deletes old rows. Expected failures (a missing model, a bad calibration, a bad config,
+a failed migration) print one `aedr: error:` line and exit with the documented status, never a
+trace.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import logging
 import sys
 import threading
 from datetime import timedelta
+from pathlib import Path
 from typing import NoReturn, Sequence
 
 from .config import AUTOENCODER_KINDS
@@ -86,8 +89,26 @@ def _add_model_args(parser: argparse.ArgumentParser, multiple: bool) -> None:
     parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32",
                         help="weight dtype; losses are always fp32")
     parser.add_argument("--batch-size", type=positive_int, default=16)
-    parser.add_argument("--tile", type=positive_int, default=None,
-                        help="crop every image to at most TILE×TILE (a multiple of the spatial factor)")
+    _add_tile_args(parser)
+
+
+def _add_tile_args(parser: argparse.ArgumentParser) -> None:
+    from .scoring import DEFAULT_MAX_TILES, DEFAULT_TILE
+
+    parser.add_argument("--tile", type=positive_int, default=DEFAULT_TILE,
+                        help=f"tile side in pixels, a multiple of the spatial factor (default {DEFAULT_TILE})")
+    parser.add_argument("--max-tiles", type=positive_int, default=DEFAULT_MAX_TILES,
+                        help=f"at most this many aligned tiles per image (default {DEFAULT_MAX_TILES}); "
+                             "bounds the work and memory per image")
+
+
+def _add_method_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--method", choices=["auto", "aedr", "fused"], default="auto",
+                        help="score method: aedr = the paper's t'; fused = fitted on own images vs negatives; "
+                             "auto (default) = fused when there are ≥ 20 own images and ≥ 20 negatives, else aedr")
+    parser.add_argument("--max-false-alerts", type=fraction, default=None, metavar="B",
+                        help="set τ so that at most a fraction B of the negatives is attributed "
+                             "(refused when the negatives are too few to show B)")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -101,7 +122,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="aedr", description="AEDR generative-model attribution")
     parser.add_argument("--version", action="version", version=f"aedr {_version()}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     score = sub.add_parser("score", help="score image files: JSON Lines on stdout")
     _add_model_args(score, multiple=True)
@@ -125,6 +146,33 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--out", required=True, help="calibration JSON to write")
     cal.add_argument("--plot", default=None, help="PNG of the score distributions and τ")
     cal.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_method_args(cal)
+
+    calw = sub.add_parser("calibrate-watchlist",
+                          help="calibrate every model of a watchlist together to one false-alert target")
+    calw.add_argument("--config", required=True, help="worker TOML: its [[watchlist]] models and calibration paths")
+    calw.add_argument("--images", action="append", default=[], metavar="NAME=DIR", required=True,
+                      help="a watchlist model's own images (one per model)")
+    calw.add_argument("--validation", action="append", default=[], metavar="NAME=DIR",
+                      help="a model's held-out own images: its recall at τ is recorded")
+    calw.add_argument("--negatives", action="append", default=[], required=True, metavar="DIR",
+                      help="images no watched model made (real photos); the target bounds their alerts")
+    calw.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: scoring.device of the config)")
+    calw.add_argument("--batch-size", type=int, default=16)
+    calw.add_argument("--quiet", action="store_true", help="no progress bar")
+    calw.add_argument("--plot-dir", default=None, help="write calibration-<name>.png per model there")
+    _add_tile_args(calw)
+    _add_method_args(calw)
+
+    ev = sub.add_parser("evaluate", help="a watchlist's verdicts on folders of known truth, through the serve path")
+    ev.add_argument("--config", required=True, help="the worker TOML that `aedr serve` runs with")
+    ev.add_argument("--truth", action="append", default=[], required=True, metavar="NAME=DIR",
+                    help="images made by watchlist model NAME, or NAME=none for images no watched model made")
+    ev.add_argument("--out", required=True, help="report JSON to write")
+    ev.add_argument("--predictions", default=None, help="JSON Lines: one per scored image")
+    ev.add_argument("--plot", default=None, help="confusion heat-map PNG")
+    ev.add_argument("--markdown", default=None, help="the report as Markdown tables")
+    ev.add_argument("--quiet", action="store_true", help="no progress bar")
 
     serve = sub.add_parser("serve", help="run the stream worker")
     serve.add_argument("--config", default=None, help="TOML settings (AEDR_<SECTION>__<KEY> overrides)")
@@ -157,7 +205,9 @@ def _fail(message: str) -> int:
     return EXIT_USAGE
 
 
-def _check_tile(models, tile: int | None) -> str | None:
+def _check_tile(models, tile: int | None, max_tiles: int | None = 1) -> str | None:
+    if max_tiles is not None and max_tiles < 1:
+        return f"--max-tiles must be ≥ 1, got {max_tiles}"
     for model in models:
         if tile is not None and (tile < model.spatial_factor or tile % model.spatial_factor):
             return f"--tile {tile} must be a positive multiple of {model.name}'s spatial factor {model.spatial_factor}"
@@ -177,7 +227,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
                          device=args.device, dtype=args.dtype)
         for m in args.model
     ]
-    if problem := _check_tile(models, args.tile):
+    if problem := _check_tile(models, args.tile, args.max_tiles):
         return _fail(problem)
     calibrations = [Calibration.load(path) for path in args.calibration]
     by_hash = {c.weights_sha256: c for c in calibrations}
@@ -188,7 +238,8 @@ def _cmd_score(args: argparse.Namespace) -> int:
     for model in models:
         calibration = by_hash.get(model.weights_sha256)
         if calibration is not None:
-            calibration.check_matches(model.weights_sha256, preprocessing_spec(model.spatial_factor, args.tile, model.dtype),
+            calibration.check_matches(model.weights_sha256,
+                                      preprocessing_spec(model.spatial_factor, args.tile, model.dtype, args.max_tiles),
                                       model.kind)
         pairs.append((model, calibration))
     provenance = load_provenance(ProvenanceSettings(enabled=not args.no_provenance,
@@ -213,7 +264,8 @@ def _cmd_score(args: argparse.Namespace) -> int:
     last = None
     # smaller chunks with a bar, so that it moves while a large set is scored
     chunk = max(4 * args.batch_size, 32) if bar else 256
-    for record in score_records(inputs, pairs, args.batch_size, args.tile, chunk=chunk, provenance=provenance):
+    for record in score_records(inputs, pairs, args.batch_size, args.tile, chunk=chunk, max_tiles=args.max_tiles,
+                                provenance=provenance):
         failed = failed or "error" in record
         sys.stdout.write(json.dumps(record) + "\n")
         if bar is not None and record["image"] != last:
@@ -235,21 +287,101 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     from .models import load_autoencoder
     from .offline import calibrate, plot_calibration
 
-    if args.alpha is not None and args.validation is not None:
+    if args.alpha is not None and args.validation is not None and args.max_false_alerts is None:
         return _fail("give either --alpha or --validation/--negatives, not both")
+    if args.alpha is not None and args.max_false_alerts is not None:
+        return _fail("give either --alpha or --max-false-alerts, not both")
+    if args.max_false_alerts is not None and not 0 < args.max_false_alerts < 1:
+        return _fail(f"--max-false-alerts must be in (0, 1), got {args.max_false_alerts:g}")
+    if not Path(args.images).is_dir():
+        return _fail(f"--images {args.images} is not a directory")
+    for d in args.negatives + ([args.validation] if args.validation else []):
+        if not Path(d).is_dir():
+            return _fail(f"{d} is not a directory")
     model = load_autoencoder(args.model, subfolder=args.subfolder, kind=args.kind, name=args.name or args.model,
                              device=args.device, dtype=args.dtype)
-    if problem := _check_tile([model], args.tile):
+    if problem := _check_tile([model], args.tile, args.max_tiles):
         return _fail(problem)
     calibration, sets = calibrate(model, args.images, args.alpha, args.validation, args.negatives,
-                                  args.batch_size, args.tile, progress=not args.quiet)
+                                  args.batch_size, args.tile, progress=not args.quiet, method=args.method,
+                                  max_false_alerts=args.max_false_alerts, max_tiles=args.max_tiles)
     calibration.save(args.out)
     if args.plot:
         plot_calibration(calibration, sets, args.plot)
-    summary = {"model": calibration.model, "alpha": calibration.alpha, "threshold": calibration.threshold,
-               "n": calibration.n, "out": args.out}
+    summary = {"model": calibration.model, "method": calibration.method["name"], "rule": calibration.threshold_rule,
+               "alpha": calibration.alpha, "threshold": calibration.threshold, "n": calibration.n,
+               "false_alerts": calibration.false_alerts, "recall": calibration.recall, "out": args.out}
     print(json.dumps(summary), file=sys.stderr)
     return 0
+
+
+def _pairs(values: Sequence[str], option: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for value in values:
+        name, sep, directory = value.partition("=")
+        if not sep or not name or not directory:
+            raise _UsageError(f"{option} {value!r}: expected NAME=DIR")
+        if name in out:
+            raise _UsageError(f"{option}: {name} given twice")
+        if not Path(directory).is_dir():
+            raise _UsageError(f"{option} {value!r}: {directory} is not a directory")
+        out[name] = directory
+    return out
+
+
+def _cmd_calibrate_watchlist(args: argparse.Namespace) -> int:
+    from .config import load_settings
+    from .models import load_autoencoder
+    from .offline import calibrate_watchlist, plot_calibration
+
+    if args.max_false_alerts is None or not 0 < args.max_false_alerts < 1:
+        return _fail("--max-false-alerts B, a fraction in (0, 1), is required")
+    settings = load_settings(args.config)
+    if not settings.watchlist:
+        return _fail(f"{args.config} has no [[watchlist]] models")
+    images, validation = _pairs(args.images, "--images"), _pairs(args.validation, "--validation")
+    for d in args.negatives:
+        if not Path(d).is_dir():
+            return _fail(f"--negatives {d} is not a directory")
+    device = args.device or (None if settings.scoring.device in ("", "auto") else settings.scoring.device)
+    models = [
+        (e.name, load_autoencoder(e.model, subfolder=e.subfolder or None, kind=e.kind or None, name=e.name,
+                                  device=device, dtype=e.dtype))
+        for e in settings.watchlist
+    ]
+    if problem := _check_tile([m for _, m in models], args.tile, args.max_tiles):
+        return _fail(problem)
+    calibrations, joint, sets = calibrate_watchlist(
+        models, images, args.negatives, args.max_false_alerts, validation, method=args.method,
+        batch_size=args.batch_size, tile=args.tile, max_tiles=args.max_tiles, progress=not args.quiet)
+    for entry, calibration, scores in zip(settings.watchlist, calibrations, sets):
+        Path(entry.calibration).parent.mkdir(parents=True, exist_ok=True)
+        calibration.save(entry.calibration)
+        if args.plot_dir:
+            Path(args.plot_dir).mkdir(parents=True, exist_ok=True)
+            plot_calibration(calibration, scores, Path(args.plot_dir) / f"calibration-{entry.name}.png")
+        print(json.dumps({"model": entry.name, "method": calibration.method["name"], "threshold": calibration.threshold,
+                          "false_alerts": calibration.false_alerts["rate"], "recall": calibration.recall["recall"],
+                          "out": entry.calibration}), file=sys.stderr)
+    print(json.dumps({"watchlist_false_alerts": joint["union_false_alerts"], "per_model_level": joint["per_model_level"]}),
+          file=sys.stderr)
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate, write_outputs
+
+    result, predictions = evaluate(args.config, args.truth, progress=not args.quiet)
+    write_outputs(result, predictions, args.out, args.predictions, args.plot, args.markdown)
+    fa = result["false_alerts"]
+    print(json.dumps({"images": result["images"], "unreadable": result["unreadable"]["count"],
+                      "accuracy": result["accuracy"], "false_alert_rate": fa["rate"], "false_alert_ci95": fa["ci95"],
+                      "out": args.out}), file=sys.stderr)
+    return 0
+
+
+class _UsageError(Exception):
+    """A bad argument found while dispatching: one `aedr: error:` line, exit 2."""
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -343,12 +475,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     _quiet_libraries()
-    handlers = {"score": _cmd_score, "calibrate": _cmd_calibrate, "serve": _cmd_serve, "demo": _cmd_demo, "db": _cmd_db}
+    handlers = {"score": _cmd_score, "calibrate": _cmd_calibrate, "calibrate-watchlist": _cmd_calibrate_watchlist,
+                "evaluate": _cmd_evaluate, "serve": _cmd_serve, "demo": _cmd_demo, "db": _cmd_db}
     try:
         return handlers[args.command](args)
     except AedrError as exc:
         print(f"aedr: error: {exc}", file=sys.stderr)
         return exc.exit_status
+    except _UsageError as exc:
+        return _fail(str(exc))
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # a bug: one line, and the traceback only when asked for

@@ -1,13 +1,18 @@
-"""The decision, in one place: when an image is attributed to a watched model, and which model
-is an event's best match.
+"""The decision, in one place: when an image is attributed to a watched model, when an event
+alerts, and which model is its best match.
 
-An image is attributed to model k when its calibrated score is below k's threshold (strict,
-METHOD.md). Several models can match one image. The matches that alert are those of models in
-`alert` mode (a `shadow` model is scored and stored, but never alerts); the event's `best_match`
-is the alerting match with the lowest score/threshold, the model whose threshold it clears by
-the widest factor. The worker,
-`aedr score`, `aedr calibrate` and the demo all decide through these functions, so they cannot
-disagree.
+- An image is attributed to model k when k's score is below k's threshold (strict, METHOD.md).
+  The score is the one k's calibration names (worker.methods): the paper's t' or the fused
+  score; both are positive, and lower means "more like k's own images".
+- The matches that alert are those of models in `alert` mode: a `shadow` model is scored and
+  stored, but never alerts and is never a best match.
+- An event alerts when at least one watched model in alert mode matches.
+- Its `best_match` is the alerting match with the lowest score/threshold: the model whose
+  threshold it clears by the widest factor (ties: the first in watchlist order). No match: no
+  best match, no alert.
+
+The worker (`aedr serve`), `aedr evaluate`, `aedr score`, `aedr calibrate` and the demo all
+decide through these functions, so they cannot disagree.
 """
 
 from __future__ import annotations
@@ -59,3 +64,10 @@ def alerting(attributions: Iterable[Any]) -> list[Match]:
 def best_match(matches: Iterable[Match]) -> Match | None:
     """The match with the lowest score/threshold, or None when nothing matched."""
     return min(matches, key=lambda m: m.margin, default=None)
+
+
+def decide(attributions: Iterable) -> tuple[list[Match], Match | None]:
+    """An event's alerting matches (in watchlist order) and its best match: what `aedr serve`
+    stores and alerts on, and what `aedr evaluate` counts."""
+    matches = alerting(attributions)
+    return matches, best_match(matches)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Callable, Sequence
 
-from .decision import Match, alerting, best_match
+from .decision import Match, decide
 from .events import Reason, UploadEvent, alert_message
 from .messages import Outbound
 from .prepare import Prepared, Rejection
@@ -110,8 +110,7 @@ def build(judged: Sequence[Judged], publishing: Publishing, scored_at: datetime)
             result = reject(p, rejection, item.received_at, publishing, when)
             out.append(replace(result, row=replace(result.row, provenance=signals, provenance_errors=errors)))
             continue
-        matches = alerting(item.attributions)
-        best = best_match(matches)
+        matches, best = decide(item.attributions)
         row = EventOutcome(
             event_id=p.event_id, topic=m.topic, partition=m.partition, offset=m.offset, status="scored",
             received_at=item.received_at, scored_at=scored_at, best_match=best.model if best else None,

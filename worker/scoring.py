@@ -2,7 +2,15 @@
 
 For one watchlist autoencoder (E, D): x1 = D(E(x)), x2 = D(E(x1)); L1 = MSE(x, x1),
 L2 = MSE(x1, x2); ratio t = L1/L2; calibrated score t' = t·H with H the GLCM homogeneity of the
-scored pixels. An image is attributed to the model when t' is below the model's threshold.
+scored pixels (the paper's score, kept exact). The same two passes also yield statistics the
+paper does not use, at no extra forward pass: the high-frequency energy of each residual
+(`highpass1`, `highpass2`) and how far the latent moves, E(x1) against E(x) (`latent_shift`,
+`latent_var`). A calibration's method (worker.methods) turns them into the score it thresholds.
+
+Large images are never scored whole: `tile_boxes` cuts at most `max_tiles` aligned tiles of at
+most `tile`² pixels, so the work and memory per image are bounded whatever the upload's size,
+and an image's statistics are the means over its tiles (equal-size tiles: the same numbers as
+scoring the tiles' pixels together).
 
 Why these choices (each differs from the reference code on purpose, see METHOD.md):
 - never resample: an image is *cropped* to a multiple of the model's spatial factor, at offsets
@@ -26,7 +34,12 @@ GLCM_LEVELS = 32
 # L2 below this is treated as this: a perfectly idempotent reconstruction gives a huge, finite
 # ratio instead of inf/NaN.
 L2_FLOOR = 1e-12
-PREPROCESSING_VERSION = 2  # 2: weights_dtype added
+PREPROCESSING_VERSION = 3  # 2: weights_dtype added; 3: at most max_tiles aligned tiles per image
+# The preprocessing policy's defaults: at most 4 tiles of 512² (1 MP per image and model, whatever
+# the upload's size; docs/ACCURACY.md "Uploads of any size"). Images up to 512² are one tile: scored
+# exactly as before tiling existed.
+DEFAULT_TILE = 512
+DEFAULT_MAX_TILES = 4
 
 
 class AutoencoderLike(Protocol):
@@ -48,16 +61,34 @@ class ImageTooSmall(ValueError):
 
 @dataclass(frozen=True)
 class Scores:
-    """AEDR numbers for one (image, model)."""
+    """AEDR numbers for one (image, model). `score` is the paper's t' = ratio·H, always; a
+    calibration's method may threshold another function of these numbers (worker.methods)."""
 
     loss1: float
     loss2: float
     ratio: float
     homogeneity: float
     score: float
+    # Beyond the paper, from the same two passes (NaN when not computed, e.g. built by hand):
+    highpass1: float = float("nan")  # mean squared high-pass of x1 − x (residual minus its 3×3 mean)
+    highpass2: float = float("nan")  # the same for x2 − x1
+    latent_shift: float = float("nan")  # MSE(E(x1), E(x)) in latent units
+    latent_var: float = float("nan")  # variance of E(x) over channels and positions
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
+
+
+STATISTICS = ("loss1", "loss2", "highpass1", "highpass2", "latent_shift", "latent_var")
+# Bumped whenever a statistic's definition changes: a fused calibration records the version it
+# was fitted on and is refused under another (worker.methods).
+STATISTICS_VERSION = 1
+STATISTICS_DEFINITION = {
+    "highpass": "mean over C,H,W of (d - mean3x3(d))^2, replicate padding; d = x1 - x (1), x2 - x1 (2)",
+    "latent_shift": "mean over latent C,H,W of (E(x1) - E(x))^2, E = posterior mode / pre-quantisation latents",
+    "latent_var": "variance of E(x) over latent C,H,W (population)",
+    "tiles": "each statistic is the mean over the image's tiles; H the mean of the tiles' H",
+}
 
 
 @dataclass(frozen=True)
@@ -98,6 +129,33 @@ def crop_box(height: int, width: int, factor: int, tile: int | None = None) -> C
     return Crop(top, left, h, w)
 
 
+def tile_boxes(height: int, width: int, factor: int, tile: int | None = None,
+               max_tiles: int | None = DEFAULT_MAX_TILES) -> list[Crop]:
+    """The tiles an image is scored on: never resampled, all of one shape, at most `max_tiles`.
+
+    Each side holds as many whole `tile`-pixel cells as fit (a side shorter than `tile` is one
+    cell of its own length, cropped to a multiple of `factor`); the grid is centred with offsets
+    that are multiples of `factor`. When the grid has more than `max_tiles` cells, `max_tiles` of
+    them are taken evenly spaced in raster order (the diagonal of a square grid), so the tiles
+    spread over the image; `max_tiles=1` is the centred tile. `tile=None` is the whole aligned
+    image as one tile (unbounded).
+    """
+    box = crop_box(height, width, factor, tile)
+    if tile is None or max_tiles == 1:
+        return [box]
+    rows = height // tile if box.height == tile else 1
+    cols = width // tile if box.width == tile else 1
+    top0 = ((height - rows * box.height) // 2 // factor) * factor
+    left0 = ((width - cols * box.width) // 2 // factor) * factor
+    cells = [(r, c) for r in range(rows) for c in range(cols)]
+    if max_tiles is not None and len(cells) > max_tiles:
+        if max_tiles < 1:
+            raise ValueError(f"max_tiles must be ≥ 1, got {max_tiles}")
+        picks = np.round(np.linspace(0, len(cells) - 1, max_tiles)).astype(int)
+        cells = [cells[i] for i in picks]
+    return [Crop(top0 + r * box.height, left0 + c * box.width, box.height, box.width) for r, c in cells]
+
+
 def to_tensor(image: np.ndarray) -> torch.Tensor:
     """RGB uint8 (H, W, 3) → float32 (3, H, W) in [−1, 1]."""
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
@@ -128,25 +186,54 @@ def homogeneity(image: np.ndarray) -> float:
     return float(np.mean(1.0 / (1.0 + diff * diff)))
 
 
+def _highpass_energy(d: torch.Tensor) -> torch.Tensor:
+    """Per-image mean of (d − its 3×3 box mean)², replicate padding: the residual's energy above
+    the lowest frequencies. A decoder's own output comes back with a smooth residual; a photo's
+    residual keeps the fine detail the decoder cannot make."""
+    smooth = torch.nn.functional.avg_pool2d(torch.nn.functional.pad(d, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+    return (d - smooth).pow(2).mean(dim=(1, 2, 3))
+
+
 @torch.inference_mode()
-def reconstruction_losses(model: AutoencoderLike, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-image (L1, L2) in fp32 for a batch x (N, 3, H, W) in [−1, 1]."""
+def reconstruction_stats(model: AutoencoderLike, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-image statistics (`STATISTICS`) in fp32 for a batch x (N, 3, H, W) in [−1, 1]: the two
+    reconstructions, x1 = D(E(x)) and x2 = D(E(x1)), and what they give for free (the latents
+    E(x) and E(x1) are computed on the way). No pass beyond the paper's two."""
     if model.device.type == "cuda":  # pinned host memory: the copy overlaps with queued work
         x = x.pin_memory().to(model.device, non_blocking=True)
     else:
         x = x.to(model.device)
-    x1 = model.reconstruct(x)
-    x2 = model.reconstruct(x1)
-    x, x1, x2 = x.float(), x1.float(), x2.float()
-    loss1 = (x1 - x).pow(2).mean(dim=(1, 2, 3))
-    loss2 = (x2 - x1).pow(2).mean(dim=(1, 2, 3))
-    return loss1.cpu(), loss2.cpu()
+    if getattr(model, "channels_last", False):
+        x = x.contiguous(memory_format=torch.channels_last)
+    z0 = model.encode(x)
+    x1 = model.decode(z0)
+    z1 = model.encode(x1)
+    x2 = model.decode(z1)
+    x, x1, x2, z0, z1 = x.float(), x1.float(), x2.float(), z0.float(), z1.float()
+    d1, d2 = x1 - x, x2 - x1
+    dims = tuple(range(1, z0.ndim))
+    out = {
+        "loss1": d1.pow(2).mean(dim=(1, 2, 3)),
+        "loss2": d2.pow(2).mean(dim=(1, 2, 3)),
+        "highpass1": _highpass_energy(d1),
+        "highpass2": _highpass_energy(d2),
+        "latent_shift": (z1 - z0).pow(2).mean(dim=dims),
+        "latent_var": z0.var(dim=dims, unbiased=False),
+    }
+    return {k: v.cpu() for k, v in out.items()}
 
 
-def combine(loss1: float, loss2: float, h: float) -> Scores:
-    """Ratio and calibrated score from the two losses and the homogeneity."""
+def reconstruction_losses(model: AutoencoderLike, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image (L1, L2) in fp32 for a batch x (N, 3, H, W) in [−1, 1]."""
+    stats = reconstruction_stats(model, x)
+    return stats["loss1"], stats["loss2"]
+
+
+def combine(loss1: float, loss2: float, h: float, **extra: float) -> Scores:
+    """Ratio and calibrated score from the two losses and the homogeneity (and, in `extra`, the
+    statistics beyond the paper)."""
     ratio = loss1 / max(loss2, L2_FLOOR)
-    return Scores(loss1=loss1, loss2=loss2, ratio=ratio, homogeneity=h, score=ratio * h)
+    return Scores(loss1=loss1, loss2=loss2, ratio=ratio, homogeneity=h, score=ratio * h, **extra)
 
 
 def batches_by_shape(
@@ -178,6 +265,36 @@ def pixel_budget(device: torch.device) -> int | None:
     return None if device.type == "cuda" else 131_072
 
 
+def score_tiles(
+    model: AutoencoderLike,
+    tiles: Sequence[Sequence[np.ndarray]],
+    batch_size: int = 16,
+    max_pixels: int | None = None,
+    homogeneities: Sequence[float] | None = None,
+) -> list[Scores]:
+    """Scores of images given as their tiles (each image's tiles share one shape; RGB uint8).
+    Tiles of all images are batched together by shape (`batch_size` and `max_pixels` bound one
+    autoencoder call in tiles and pixels); an image's statistics are the means over its tiles,
+    and its H the mean of its tiles' H (computed here unless given)."""
+    flat = [t for image_tiles in tiles for t in image_tiles]
+    owner = [i for i, image_tiles in enumerate(tiles) for _ in image_tiles]
+    sums = np.zeros((len(tiles), len(STATISTICS)), dtype=np.float64)
+    for batch in batches_by_shape(flat, batch_size, max_pixels):
+        stats = reconstruction_stats(model, torch.stack([to_tensor(flat[i]) for i in batch]))
+        values = torch.stack([stats[k] for k in STATISTICS], dim=1).double().numpy()
+        for j, i in enumerate(batch):
+            sums[owner[i]] += values[j]
+    results = []
+    for i, image_tiles in enumerate(tiles):
+        if not image_tiles:
+            raise ValueError(f"image {i} has no tiles")
+        mean = sums[i] / len(image_tiles)
+        h = homogeneities[i] if homogeneities is not None else float(np.mean([homogeneity(t) for t in image_tiles]))
+        extra = {k: float(v) for k, v in zip(STATISTICS[2:], mean[2:])}
+        results.append(combine(float(mean[0]), float(mean[1]), h, **extra))
+    return results
+
+
 def score_crops(
     model: AutoencoderLike,
     crops: Sequence[np.ndarray],
@@ -185,16 +302,14 @@ def score_crops(
     max_pixels: int | None = None,
     homogeneities: Sequence[float] | None = None,
 ) -> list[Scores]:
-    """Scores for images already cropped for `model` (RGB uint8), batched by shape. The
-    crops' homogeneities are computed here unless given (the worker computes them earlier)."""
-    results: list[Scores | None] = [None] * len(crops)
-    for batch in batches_by_shape(crops, batch_size, max_pixels):
-        x = torch.stack([to_tensor(crops[i]) for i in batch])
-        loss1, loss2 = reconstruction_losses(model, x)
-        for j, i in enumerate(batch):
-            h = homogeneities[i] if homogeneities is not None else homogeneity(crops[i])
-            results[i] = combine(float(loss1[j]), float(loss2[j]), h)
-    return results  # type: ignore[return-value]
+    """Scores for images already cropped for `model` (RGB uint8, one crop each), batched by
+    shape. The crops' homogeneities are computed here unless given."""
+    return score_tiles(model, [[c] for c in crops], batch_size, max_pixels, homogeneities)
+
+
+def cut_tiles(image: np.ndarray, factor: int, tile: int | None, max_tiles: int | None = DEFAULT_MAX_TILES) -> list[np.ndarray]:
+    """The pixels of `tile_boxes` (views into `image`, nothing copied)."""
+    return [box.apply(image) for box in tile_boxes(image.shape[0], image.shape[1], factor, tile, max_tiles)]
 
 
 def score_images(
@@ -203,20 +318,24 @@ def score_images(
     batch_size: int = 16,
     tile: int | None = None,
     max_pixels: int | None = None,
+    max_tiles: int | None = DEFAULT_MAX_TILES,
 ) -> list[Scores]:
-    """AEDR scores of whole RGB uint8 images for one model (crop, batch, score)."""
-    crops = [crop_box(im.shape[0], im.shape[1], model.spatial_factor, tile).apply(im) for im in images]
-    return score_crops(model, crops, batch_size, max_pixels)
+    """AEDR scores of whole RGB uint8 images for one model (tile, batch, score). With
+    `tile=None`, the whole aligned image is one tile."""
+    tiles = [cut_tiles(im, model.spatial_factor, tile, max_tiles) for im in images]
+    return score_tiles(model, tiles, batch_size, max_pixels)
 
 
-def preprocessing_spec(spatial_factor: int, tile: int | None, weights_dtype: torch.dtype = torch.float32) -> dict[str, object]:
+def preprocessing_spec(spatial_factor: int, tile: int | None, weights_dtype: torch.dtype = torch.float32,
+                       max_tiles: int | None = DEFAULT_MAX_TILES) -> dict[str, object]:
     """Everything a threshold depends on besides the weights (stored beside it). The weights'
     dtype is here because bf16 weights move scores by ~2 % relative (bench/gpu.py)."""
     return {
         "version": PREPROCESSING_VERSION,
-        "crop": "centre, aligned to spatial factor, no resampling",
+        "crop": "aligned tiles, centred grid, no resampling; statistics are means over tiles",
         "spatial_factor": spatial_factor,
         "tile": tile,
+        "max_tiles": max_tiles if tile is not None else 1,
         "pixels": "RGB uint8 -> [-1, 1]",
         "latents": "mode",
         "weights_dtype": str(weights_dtype).removeprefix("torch."),

@@ -1,16 +1,18 @@
 """The watchlist: every model an image is checked against, with its threshold. It is the
 worker's `Scorer` (worker.scoring_pool), in three parts that run where they fit best:
 
-`prepare` (CPU, any thread, per image): crop for each model and compute its GLCM homogeneity.
-`score` (a scoring thread, per batch): double reconstruction per model, batched by shape.
-`verdicts` (per image): t' < τ for each model, through `worker.decision`.
+`prepare` (CPU, any thread, per image): cut each model's tiles (at most `max_tiles` of the
+  calibration's tile size, worker.scoring.tile_boxes) and compute their GLCM homogeneity.
+`score` (a scoring thread, per batch): double reconstruction per model, tiles batched by shape.
+`verdicts` (per image): each model's score by its calibration's method (the paper's t' or the
+  fused score, worker.methods) against its threshold, through `worker.decision`.
 Splitting this way keeps the model busy: the next batch can be prepared while this one runs
 through the autoencoders.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
@@ -18,7 +20,8 @@ import numpy as np
 from .calibration import Calibration, CalibrationError
 from .decision import belongs
 from .models import Autoencoder, load_autoencoder
-from .scoring import Scores, crop_box, homogeneity, pixel_budget, preprocessing_spec, score_crops
+from .methods import Method
+from .scoring import DEFAULT_MAX_TILES, Scores, homogeneity, pixel_budget, preprocessing_spec, score_tiles, tile_boxes
 from .storage import AttributionRecord, CalibrationRecord
 
 
@@ -28,6 +31,8 @@ class WatchedModel:
     model: Autoencoder
     calibration: Calibration
     tile: int | None
+    max_tiles: int | None = DEFAULT_MAX_TILES
+    method: Method = field(default_factory=Method.paper)
     mode: str = "alert"  # alert | shadow (an `off` model is never loaded)
 
     @property
@@ -37,9 +42,10 @@ class WatchedModel:
 
 @dataclass(frozen=True)
 class PreparedImage:
-    """One image cut for every watched model: crops[k] and homogeneity[k] belong to model k."""
+    """One image cut for every watched model: crops[k] (its tiles) and homogeneity[k] (their
+    mean H) belong to model k."""
 
-    crops: tuple[np.ndarray, ...]
+    crops: tuple[tuple[np.ndarray, ...], ...]
     homogeneity: tuple[float, ...]
 
 
@@ -76,9 +82,12 @@ class Watchlist:
             )
             calibration = Calibration.load(entry.calibration)
             tile = calibration.preprocessing.get("tile")
-            calibration.check_matches(model.weights_sha256, preprocessing_spec(model.spatial_factor, tile, model.dtype),
-                                     model.kind)
-            entries.append(WatchedModel(entry.name, model, calibration, tile, entry.mode))
+            max_tiles = calibration.preprocessing.get("max_tiles", DEFAULT_MAX_TILES)
+            calibration.check_matches(model.weights_sha256,
+                                      preprocessing_spec(model.spatial_factor, tile, model.dtype, max_tiles),
+                                      model.kind)
+            entries.append(WatchedModel(entry.name, model, calibration, tile, max_tiles, calibration.scorer,
+                                        entry.mode))
         budget = pixel_budget(entries[0].model.device) if max_pixels < 0 and entries else (max_pixels or None)
         return cls(entries, batch_size, budget)
 
@@ -94,16 +103,16 @@ class Watchlist:
         ]
 
     def prepare(self, image: np.ndarray) -> PreparedImage:
-        """Crop for each model and compute H on exactly the pixels that will be scored.
+        """Cut each model's tiles and compute H on exactly the pixels that will be scored.
         Raises `scoring.ImageTooSmall` if some model has no full cell to score."""
         crops, hs = [], []
-        cache: dict[tuple[int, int, int, int], tuple[np.ndarray, float]] = {}
+        cache: dict[tuple, tuple[tuple[np.ndarray, ...], float]] = {}
         for e in self.entries:
-            box = crop_box(image.shape[0], image.shape[1], e.model.spatial_factor, e.tile)
-            key = (box.top, box.left, box.height, box.width)
+            boxes = tile_boxes(image.shape[0], image.shape[1], e.model.spatial_factor, e.tile, e.max_tiles)
+            key = tuple((b.top, b.left, b.height, b.width) for b in boxes)
             if key not in cache:
-                crop = np.ascontiguousarray(box.apply(image))
-                cache[key] = (crop, homogeneity(crop))
+                tiles = tuple(np.ascontiguousarray(b.apply(image)) for b in boxes)
+                cache[key] = (tiles, float(np.mean([homogeneity(t) for t in tiles])))
             crops.append(cache[key][0])
             hs.append(cache[key][1])
         return PreparedImage(tuple(crops), tuple(hs))
@@ -111,22 +120,24 @@ class Watchlist:
     def score(self, items: Sequence[PreparedImage]) -> list[list[Scores]]:
         """Scores[i][k]: image i against model k."""
         per_model = [
-            score_crops(e.model, [item.crops[k] for item in items], self.batch_size, self.max_pixels,
+            score_tiles(e.model, [item.crops[k] for item in items], self.batch_size, self.max_pixels,
                         [item.homogeneity[k] for item in items])
             for k, e in enumerate(self.entries)
         ]
         return [list(scores) for scores in zip(*per_model)]
 
     def verdicts(self, scores: Sequence[Scores]) -> tuple[AttributionRecord, ...]:
-        """One attribution per model for one image's scores."""
-        return tuple(
-            AttributionRecord(
+        """One attribution per model for one image's scores: `score` is the model's method's
+        score (the paper's t' for an `aedr` calibration), `threshold` its threshold."""
+        records = []
+        for e, s in zip(self.entries, scores):
+            score = e.method.score(s)
+            records.append(AttributionRecord(
                 model=e.name, loss1=s.loss1, loss2=s.loss2, ratio=s.ratio, homogeneity=s.homogeneity,
-                score=s.score, threshold=e.threshold, belongs=belongs(s.score, e.threshold), mode=e.mode,
+                score=score, threshold=e.threshold, belongs=belongs(score, e.threshold), mode=e.mode,
                 weights_sha256=e.model.weights_sha256, calibration_sha256=e.calibration.sha256,
-            )
-            for e, s in zip(self.entries, scores)
-        )
+            ))
+        return tuple(records)
 
     def probe(self) -> None:
         """Score one known-good image through every model; raises if any model cannot."""

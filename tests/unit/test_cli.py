@@ -15,7 +15,8 @@ from worker.cli import main
 from worker.models import load_autoencoder
 from worker.scoring import score_images
 
-KEYS = {"image", "model", "loss1", "loss2", "ratio", "homogeneity", "score", "threshold", "belongs"}
+KEYS = {"image", "model", "loss1", "loss2", "ratio", "homogeneity", "score", "threshold", "belongs",
+        "t_prime", "method", "highpass1", "highpass2", "latent_shift", "latent_var"}
 
 
 @pytest.fixture
@@ -50,6 +51,7 @@ def test_score_writes_a_line_per_image_and_model(images_dir, model_dir, capsys):
     scored = [r for r in records if "error" not in r]
     assert len(scored) == 4 and all(set(r) == KEYS for r in scored)
     assert all(r["threshold"] is None and r["belongs"] is None for r in scored)
+    assert all(r["method"] == "aedr" and r["score"] == r["t_prime"] for r in scored)  # no calibration: the paper's t'
     # The numbers are the core's numbers for the same pixels.
     model = load_autoencoder(str(model_dir), device="cpu")
     p0 = next(r for r in scored if r["image"].endswith("p0.png"))

@@ -278,7 +278,7 @@ class Fragile:
 
     def score(self, items):
         self.calls += 1
-        if self.broken or any(item.crops[0].shape[0] == self.poison_side for item in items):
+        if self.broken or any(item.crops[0][0].shape[0] == self.poison_side for item in items):  # model 0, tile 0
             raise RuntimeError("model crashed")
         return self.inner.score(items)
 

@@ -197,7 +197,68 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--batch-size", type=positive_int, default=5000, help="events per transaction")
     prune.add_argument("--dry-run", action="store_true", help="count what would be deleted; delete nothing")
 
+    rescan = sub.add_parser("rescan", help="score past uploads again with some watchlist models (a time window)")
+    rescan.add_argument("--config", required=True, help="the worker's TOML settings")
+    rescan.add_argument("--model", action="append", required=True, metavar="NAME",
+                        help="a [[watchlist]] name (repeatable): only these models score")
+    rescan.add_argument("--since", required=True, help="RFC 3339 time: uploads from then on")
+    rescan.add_argument("--until", default=None, help="RFC 3339 time: uploads before then (default: now)")
+    rescan.add_argument("--progress", action="store_true", default=None, help="a progress bar on stderr")
+    rescan.add_argument("--no-progress", dest="progress", action="store_false")
+
+    dlq = sub.add_parser("dlq", help="the dead-letter topic")
+    dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)
+    rep = dlq_sub.add_parser("replay", help="publish dead letters to the input topic again (original key and value)")
+    rep.add_argument("--config", required=True, help="the worker's TOML settings")
+    rep.add_argument("--reason", default=None, choices=[r.value for r in _reasons()],
+                     help="only dead letters with this reason")
+    rep.add_argument("--since", default=None, help="RFC 3339 time: dead letters from then on")
+    rep.add_argument("--dry-run", action="store_true", help="count what would be replayed; publish nothing")
+    rep.add_argument("--again", action="store_true", help="replay dead letters replayed before too")
+    rep.add_argument("--progress", action="store_true", default=None, help="a progress bar on stderr")
+    rep.add_argument("--no-progress", dest="progress", action="store_false")
+
     return parser
+
+
+def _reasons():
+    from .events import Reason
+
+    return list(Reason)
+
+
+def _cmd_rescan(args: argparse.Namespace) -> int:
+    stop = threading.Event()
+    _stop_on_signals(stop)
+    from .config import load_settings
+    from .logs import configure
+    from .rescan import parse_time, run_rescan
+    from .service import configure_process
+
+    settings = load_settings(args.config)
+    configure(settings.logging.format, "WARNING")
+    configure_process(settings.scoring)
+    since = parse_time(args.since)
+    until = parse_time(args.until) if args.until else None
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    report = run_rescan(settings, args.model, since, until, stop, progress)
+    print(json.dumps(report.as_dict()))
+    return 0
+
+
+def _cmd_dlq(args: argparse.Namespace) -> int:
+    from .config import load_settings
+    from .dlq import replay
+    from .logs import configure
+    from .rescan import parse_time
+
+    settings = load_settings(args.config)
+    configure(settings.logging.format, "WARNING")
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    report = replay(settings, args.reason, parse_time(args.since) if args.since else None, args.dry_run, args.again,
+                    progress)
+    print(json.dumps(report.as_dict()))
+    return 0
 
 
 def _fail(message: str) -> int:
@@ -385,17 +446,16 @@ class _UsageError(Exception):
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    stop = threading.Event()
-    _stop_on_signals(stop)  # before the slow imports and the model loading: a stop then is clean too
+    stop, reload = threading.Event(), threading.Event()
+    _stop_on_signals(stop, reload)  # before the slow imports and the model loading: a stop then is clean too
     from .config import load_settings
-    from .service import build, configure_process
-
     from .logs import configure
+    from .service import build, configure_process
 
     settings = load_settings(args.config)
     configure(settings.logging.format, args.log_level or settings.logging.level)
     configure_process(settings.scoring)
-    service = build(settings, stop)
+    service = build(settings, stop, config_path=args.config, reload=reload)
     if service is None:  # stopped during start-up
         return 0
     try:
@@ -407,13 +467,16 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return status
 
 
-def _stop_on_signals(stop: threading.Event) -> None:
-    """SIGTERM/SIGINT set `stop`: the worker finishes its batch, commits and exits 0."""
+def _stop_on_signals(stop: threading.Event, reload: threading.Event | None = None) -> None:
+    """SIGTERM/SIGINT set `stop`: the worker finishes its batch, commits and exits 0. SIGHUP sets
+    `reload`: the worker reloads its watchlist (worker.reload)."""
     import signal
 
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
+        if reload is not None:
+            signal.signal(signal.SIGHUP, lambda *_: reload.set())
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -476,7 +539,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_libraries()
     handlers = {"score": _cmd_score, "calibrate": _cmd_calibrate, "calibrate-watchlist": _cmd_calibrate_watchlist,
-                "evaluate": _cmd_evaluate, "serve": _cmd_serve, "demo": _cmd_demo, "db": _cmd_db}
+                "evaluate": _cmd_evaluate, "serve": _cmd_serve, "demo": _cmd_demo, "db": _cmd_db,
+                "rescan": _cmd_rescan, "dlq": _cmd_dlq}
     try:
         return handlers[args.command](args)
     except AedrError as exc:

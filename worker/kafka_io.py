@@ -221,6 +221,31 @@ class KafkaConsumerAdapter:
         except IllegalStateError:  # not assigned (any more)
             return None
 
+    def start_offsets(self, partitions: Collection[Partition], since_ms: int | None) -> dict[Partition, int | None]:
+        """Per partition, the first offset at or after `since_ms` (the beginning without it), as
+        the broker's offsets-for-timestamp lookup answers; None where no record is that recent.
+        An answer without a timestamp (the test broker's) is the beginning of the log: the caller
+        then skips older records by their own timestamps."""
+        kafka_partitions = _kafka_partitions(partitions)
+        begins = self._consumer.beginning_offsets(kafka_partitions, timeout_ms=OFFSETS_TIMEOUT_MS)
+        out: dict[Partition, int | None] = {Partition(tp.topic, tp.partition): o for tp, o in begins.items()}
+        if since_ms is None:
+            return out
+        found = self._consumer.offsets_for_times({tp: since_ms for tp in kafka_partitions},
+                                                 timeout_ms=OFFSETS_TIMEOUT_MS)
+        for tp, answer in found.items():
+            key = Partition(tp.topic, tp.partition)
+            if answer is None:
+                out[key] = None
+            elif answer.timestamp is not None and answer.timestamp >= 0:
+                out[key] = answer.offset
+        return out
+
+    def seek(self, partition: Partition, offset: int) -> None:
+        from kafka import TopicPartition
+
+        self._consumer.seek(TopicPartition(*partition), offset)
+
     def partitions(self, topic: str) -> frozenset[Partition]:
         return frozenset(Partition(topic, p) for p in self._consumer.partitions_for_topic(topic) or ())
 
@@ -331,6 +356,28 @@ def make_consumer(settings: KafkaSettings, rebalancing: Rebalancing) -> KafkaCon
     consumer = _reaching(settings, "consumer", lambda: KafkaConsumer(**options))
     holder["consumer"] = consumer
     consumer.subscribe([settings.topic], listener=Listener())
+    return KafkaConsumerAdapter(consumer)
+
+
+def make_reader(settings: KafkaSettings, topic: str, group_id: str) -> KafkaConsumerAdapter:
+    """A consumer of every partition of `topic`, assigned (no group membership, no rebalance),
+    that commits its progress under `group_id`: what `aedr rescan` and `aedr dlq replay` read
+    with, beside the running workers and without disturbing their group."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    options: dict[str, Any] = {
+        **_connection(settings),
+        "group_id": group_id,
+        "client_id": f"{settings.client_id}-{group_id}",
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "max_partition_fetch_bytes": settings.max_partition_fetch_bytes,
+        "fetch_max_bytes": max(settings.max_partition_fetch_bytes, 52428800),
+    }
+    options.update(settings.consumer_options)
+    consumer = _reaching(settings, "consumer", lambda: KafkaConsumer(**options))
+    partitions = consumer.partitions_for_topic(topic) or set()
+    consumer.assign([TopicPartition(topic, p) for p in sorted(partitions)])
     return KafkaConsumerAdapter(consumer)
 
 

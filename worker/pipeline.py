@@ -40,7 +40,7 @@ import threading
 from collections import deque
 from concurrent.futures import Executor, Future
 from concurrent.futures import wait as wait_futures
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 from .clock import Clock
@@ -48,6 +48,7 @@ from .completion import Completing, Completion, offsets_of
 from .config import BatchSettings, GuardSettings, RetrySettings
 from .health import DeadLetterWindow, Health
 from .lag import LagMonitor
+from .reload import Reloader
 from .messages import Consumer, Partition, UndecodableRecords
 from .metrics import Metrics
 from .outcomes import Publishing, build
@@ -72,7 +73,7 @@ class Worker:
                  batch: BatchSettings, retry: RetrySettings, clock: Clock, metrics: Metrics, health: Health,
                  stop: threading.Event, prepare_executor: Executor | None = None, drain_s: float = 30.0,
                  wait: Callable[[Future, float], bool] | None = None, guard: GuardSettings = GuardSettings(),
-                 lag: LagMonitor | None = None):
+                 lag: LagMonitor | None = None, reloader: Reloader | None = None):
         self.consumer = consumer
         if batch.inflight < 1 or batch.prepare_threads < 0:
             raise ValueError("pass BatchSettings.resolved(): inflight and prepare_threads must be concrete")
@@ -88,6 +89,8 @@ class Worker:
         self.drain_s = drain_s
         self.guard = guard
         self.lag = lag
+        self.reloader = reloader
+        self._reloading = False
         self.fault: str | None = None  # why the worker stopped on a fault of its own
         self._faulted_since: dict[str, float] = {}  # cause -> since when (clock)
         self._undecodable_at: dict[Partition | None, float] = {}  # since when its records could not be decoded
@@ -108,6 +111,11 @@ class Worker:
     @property
     def committed_events(self) -> int:
         return self.completion.committed_events
+
+    @property
+    def idle(self) -> bool:
+        """Nothing received that is not finished."""
+        return not self._buffer and not self._inflight
 
     # ------------------------------------------------------------ lifecycle
 
@@ -139,6 +147,7 @@ class Worker:
             self._buffer.append(Work(m, now, at, prepared))
         self._flow_control()
         self._complete_done()
+        self._maybe_reload()
         self._start_ready()
         if self.lag is not None:
             self.lag.update()
@@ -261,8 +270,31 @@ class Worker:
             self.health.finished()
 
     def _start_ready(self) -> None:
-        while len(self._inflight) < self._max_inflight and self._batch_ready():
+        while not self._reloading and len(self._inflight) < self._max_inflight and self._batch_ready():
             self._start_batch()
+
+    def _maybe_reload(self) -> None:
+        """A reload waits for the batches in flight to be committed; then the new watchlist
+        takes over, and the events received meanwhile are prepared again for it."""
+        if self.reloader is None:
+            return
+        self._reloading = self._reloading or self.reloader.wanted()
+        if not self._reloading or self._inflight:
+            return
+        self._reloading = False
+        pool = self.reloader.load()
+        if pool is None:
+            return
+        old, self.scoring = self.scoring, pool
+        old.close()
+        self._max_inflight = self.batch.inflight * pool.size
+        resubmit = self._prepare_executor.submit if self._prepare_executor else None
+        self._buffer = deque(replace(w, prepared=resubmit(pool.prepare, w.message) if resubmit else None)
+                             for w in self._buffer)
+        log.info("reloaded: the new watchlist scores from now on (%d event(s) waiting re-prepared)", len(self._buffer))
+
+    def close(self) -> None:
+        self.scoring.close()
 
     def _start_batch(self) -> None:
         items = [self._buffer.popleft() for _ in range(min(self.batch.max_size, len(self._buffer)))]

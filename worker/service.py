@@ -32,6 +32,7 @@ from .prepare import prepare
 from .provenance_step import load as load_provenance
 from .scoring_pool import ScoringPool
 from .storage import SqlStore, reaching
+from .reload import Reloader
 from .watchlist import LoadInterrupted, Watchlist
 
 log = logging.getLogger(__name__)
@@ -78,13 +79,37 @@ class Service:
                 log.warning("while closing: %s", exc)
 
 
-def build(settings: Settings, stop: threading.Event, registry: CollectorRegistry | None = None) -> Service | None:
+def load_scoring(settings: Settings, entries, *, stop: threading.Event, loaded: dict, store: SqlStore,
+                 database_url: str, fetcher: Fetcher, provenance, metrics: Metrics | None = None) -> ScoringPool:
+    """The scorers (one per device) of watchlist `entries`, with their calibrations recorded,
+    and how a message is prepared for them. `serve` (at start and on every reload) and
+    `rescan` make theirs here."""
+    scoring = settings.scoring
+    scorers = [Watchlist.load(entries, device, scoring.batch_size, scoring.compile, scoring.channels_last,
+                              scoring.max_batch_pixels, interrupted=stop.is_set, loaded=loaded)
+               for device in scoring.devices or (scoring.device,)]
+    watchlist = scorers[0]
+    with reaching(database_url):
+        store.record_calibrations(watchlist.calibration_records())
+    if metrics is not None:
+        metrics.models_loaded.set(len(watchlist.entries))
+    log.info("watchlist: %s; %d scorer(s) on %s",
+             ", ".join(f"{e.name} (τ={e.threshold:.4g}{', ' + e.mode if e.mode != 'alert' else ''})"
+                       for e in watchlist.entries), len(scorers),
+             ", ".join(str(w.entries[0].model.device) for w in scorers))
+    images = settings.images
+    return ScoringPool(scorers, lambda message, scorer: prepare(message, fetcher, images, scorer.prepare,
+                                                                inspect=provenance.inspect))
+
+
+def build(settings: Settings, stop: threading.Event, registry: CollectorRegistry | None = None,
+          config_path: str | None = None, reload: threading.Event | None = None) -> Service | None:
     """Every part of a worker, in order. The metrics server comes first, so /readyz answers 503
     while the models load. Returns None when `stop` is set while the models load; on an error,
     what was started is stopped before the error goes up."""
     opened: list[Callable[[], None]] = []
     try:
-        return _build(settings, stop, registry, opened)
+        return _build(settings, stop, registry, opened, config_path, reload)
     except LoadInterrupted:
         log.info("stopped while loading the models")
         _close_all(opened)
@@ -101,7 +126,7 @@ def _close_all(opened: list[Callable[[], None]]) -> None:
         except Exception as exc:
             log.warning("while closing after a failed start: %s", exc)
 def _build(settings: Settings, stop: threading.Event, registry: CollectorRegistry | None,
-           opened: list[Callable[[], None]]) -> Service | None:
+           opened: list[Callable[[], None]], config_path: str | None, reload: threading.Event | None) -> Service | None:
     provenance = load_provenance(settings.provenance)  # trust anchors read once; a bad one stops us here
     metrics = Metrics(registry or CollectorRegistry())
     clock = SystemClock()
@@ -129,22 +154,17 @@ def _build(settings: Settings, stop: threading.Event, registry: CollectorRegistr
     producers = ProducerSlot(partial(make_producer, settings.kafka))
     opened.append(partial(producers.close, timeout_s=10))
     producers.producer  # made now, so that a broker refusing it is one line at start, not a retry loop
-    scoring = settings.scoring
-    scorers = [Watchlist.load(settings.watchlist, device, scoring.batch_size, scoring.compile, scoring.channels_last,
-                              scoring.max_batch_pixels, interrupted=stop.is_set)
-               for device in scoring.devices or (scoring.device,)]
-    watchlist = scorers[0]
-    metrics.models_loaded.set(len(watchlist.entries))
-    log.info("watchlist: %s; %d scorer(s) on %s",
-             ", ".join(f"{e.name} (τ={e.threshold:.4g})" for e in watchlist.entries), len(scorers),
-             ", ".join(str(w.entries[0].model.device) for w in scorers))
-    with reaching(database_url):
-        store.record_calibrations(watchlist.calibration_records())
-    batch = settings.batch.resolved(on_gpu=watchlist.entries[0].model.device.type == "cuda")
     fetcher = Fetcher(settings.fetch, settings.images.max_bytes)
-    pool = ScoringPool(scorers, lambda message, scorer: prepare(message, fetcher, settings.images, scorer.prepare,
-                                                                inspect=provenance.inspect))
+    loaded: dict = {}  # models by identity: a reload does not load unchanged ones again
+
+    def scoring_pool(new: Settings) -> ScoringPool:
+        return load_scoring(new, new.watchlist, stop=stop, loaded=loaded, store=store, database_url=database_url,
+                            fetcher=fetcher, provenance=provenance, metrics=metrics)
+
+    pool = scoring_pool(settings)
     opened.append(pool.close)
+    watchlist = pool.scorers[0]
+    batch = settings.batch.resolved(on_gpu=watchlist.entries[0].model.device.type == "cuda")
     prepare_pool = (ThreadPoolExecutor(batch.prepare_threads, thread_name_prefix="prepare")
                     if batch.prepare_threads > 0 else None)
     if prepare_pool is not None:
@@ -154,7 +174,9 @@ def _build(settings: Settings, stop: threading.Event, registry: CollectorRegistr
                             kafka.forward_headers)
     completion = Completion(store, producers, consumer, metrics, clock, health, publishing, settings.retry, ledger)
     lag = LagMonitor(consumer, kafka.topic, ledger, metrics, clock)
+    reloader = Reloader(config_path, settings, reload or threading.Event(), clock, metrics, scoring_pool)
     worker = Worker(consumer, pool, completion, publishing, batch, settings.retry, clock, metrics, health, stop,
-                    prepare_pool, guard=settings.guard, lag=lag)
+                    prepare_pool, guard=settings.guard, lag=lag, reloader=reloader)
+    opened.append(worker.close)  # the scoring pool in use at the end (a reload replaces the first)
     health.loaded()
     return Service(settings, metrics, health, server, store, watchlist, worker, tuple(reversed(opened)))

@@ -217,6 +217,19 @@ class FakeConsumer:
     def end_offsets(self, partitions: Collection[Partition]) -> Mapping[Partition, int]:
         return {tp: len(self.broker.logs[tp]) for tp in partitions}
 
+    def start_offsets(self, partitions: Collection[Partition], since_ms: int | None) -> dict[Partition, int | None]:
+        out: dict[Partition, int | None] = {}
+        for tp in partitions:
+            log = self.broker.logs[tp]
+            if since_ms is None:
+                out[tp] = 0
+            else:
+                out[tp] = next((o for o, r in enumerate(log) if r.timestamp_ms >= since_ms), None)
+        return out
+
+    def seek(self, partition: Partition, offset: int) -> None:
+        self.position[partition] = offset
+
     def group_offsets(self, partitions: Collection[Partition]) -> Mapping[Partition, int | None]:
         return {tp: self.broker.committed.get((self.group, tp)) for tp in partitions}
 

@@ -13,6 +13,7 @@ through the autoencoders.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -49,6 +50,15 @@ class PreparedImage:
     homogeneity: tuple[float, ...]
 
 
+def _files_stamp(model: str, subfolder: str) -> tuple:
+    """Size and modification time of a local model directory's files (empty for a hub id): a
+    model rewritten in place is loaded again."""
+    folder = Path(model).expanduser() / (subfolder or "")
+    if not folder.is_dir():
+        return ()
+    return tuple(sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir() if p.is_file()))
+
+
 class LoadInterrupted(Exception):
     """Loading stopped because the process was asked to stop."""
 
@@ -64,22 +74,30 @@ class Watchlist:
     @classmethod
     def load(cls, settings_watchlist, device: str | None, batch_size: int, compile_mode: str = "off",
              channels_last: bool = True, max_pixels: int = -1,
-             interrupted: Callable[[], bool] = lambda: False) -> "Watchlist":
+             interrupted: Callable[[], bool] = lambda: False, loaded: dict | None = None) -> "Watchlist":
         """Load every model (but those in mode `off`) and its calibration; refuse thresholds fitted
         on other weights or other preprocessing (the tile comes from the calibration, so it
         always matches).
-        Raises `LoadInterrupted` between models once `interrupted()` is true."""
+        Raises `LoadInterrupted` between models once `interrupted()` is true. With `loaded`, a
+        model already in it (same name, files, family, dtype and device) is taken from it, and
+        every model loaded is put in it: a reload does not load unchanged models again."""
         entries = []
         for entry in settings_watchlist:
             if interrupted():
                 raise LoadInterrupted()
             if entry.mode == "off":
                 continue
-            model = load_autoencoder(
-                entry.model, subfolder=entry.subfolder or None, kind=entry.kind or None,
-                name=entry.name, device=None if device in (None, "auto") else device, dtype=entry.dtype,
-                compile_mode=compile_mode, channels_last=channels_last,
-            )
+            key = (entry.name, entry.model, entry.subfolder, entry.kind, entry.dtype, device, compile_mode, channels_last,
+                   _files_stamp(entry.model, entry.subfolder))
+            model = loaded.get(key) if loaded is not None else None
+            if model is None:
+                model = load_autoencoder(
+                    entry.model, subfolder=entry.subfolder or None, kind=entry.kind or None,
+                    name=entry.name, device=None if device in (None, "auto") else device, dtype=entry.dtype,
+                    compile_mode=compile_mode, channels_last=channels_last,
+                )
+            if loaded is not None:
+                loaded[key] = model
             calibration = Calibration.load(entry.calibration)
             tile = calibration.preprocessing.get("tile")
             max_tiles = calibration.preprocessing.get("max_tiles", DEFAULT_MAX_TILES)

@@ -32,7 +32,7 @@ from .kafka_io import make_producer, make_reader
 from .metrics import Metrics
 from .outcomes import Publishing
 from .pipeline import Worker
-from .provenance_step import load_provenance
+from .provenance_step import load as load_provenance
 from .service import load_scoring
 from .storage import SqlStore, reaching
 from .window import Window

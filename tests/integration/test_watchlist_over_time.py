@@ -19,6 +19,7 @@ from tests.integration.conftest import (
     Produced,
     ServeLauncher,
     delivery,
+    http_status,
     make_corpus,
     produce,
     produce_values,
@@ -41,6 +42,13 @@ def metric(port: int, name: str, **labels: str) -> float | None:
             if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
                 return s.value
     return None
+
+
+def ready(port: int) -> bool:
+    try:
+        return http_status(port, "/readyz") == 200
+    except OSError:
+        return False
 
 
 def rewrite(dep: ServeLauncher, port: int, models: list[tuple[str, str, str, str]]) -> None:
@@ -68,6 +76,8 @@ def test_shadow_reload_rescan_and_replay(broker, pg_url, tmp_path):
         # 1. kl-f4c4 alerts, vq-f4 in shadow
         serve = dep.start()
         port = serve.metrics_port
+        wait_for(lambda: ready(port), 180, "the worker to be ready", diagnostics=dep.logs)  # SIGHUP before
+        # Python has started would end the process: the handler is not there yet
         rewrite(dep, port, [(*kl, "alert"), (*vq, "shadow")])
         serve.proc.send_signal(signal.SIGHUP)
         wait_for(lambda: "reloaded" in serve.log(), 120, "the first reload", diagnostics=dep.logs)
@@ -95,7 +105,7 @@ def test_shadow_reload_rescan_and_replay(broker, pg_url, tmp_path):
         rewrite(dep, port, [(*kl, "alert"), (*vq, "shadow"), (*tiny, "alert")])
         wait_for(lambda: metric(port, "aedr_reloads_total", outcome="ok") == 2, 60, "the file-change reload",
                  diagnostics=dep.logs)
-        wave2 = make_corpus(["tiny-f8"], per_model=6, real=4, seed=62, with_broken=False)
+        wave2 = make_corpus(["tiny-f8", "kl-f8c4"], per_model=6, real=4, seed=62, with_broken=False)
         between = datetime.now(timezone.utc)
         produce(broker.bootstrap, dep.topic, wave2, produced=produced)
         n = len(wave1.values) + len(wave2.values)

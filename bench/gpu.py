@@ -110,7 +110,7 @@ def main() -> None:
         runs.append((f"bf16+compile:{args.compile}", from_module(copy.deepcopy(module), "kl", device=args.device,
                                                               dtype="bf16", compile_mode=args.compile)))
     result["runs"] = {}
-    print(f"\n| weights | batch | images/s | TFLOP/s | % of peak |\n|---|---:|---:|---:|---:|")
+    print("\n| weights | batch | images/s | TFLOP/s | % of peak |\n|---|---:|---:|---:|---:|")
     for label, model in runs:
         flops = flops_per_image(model, args.size)
         for batch in args.batches:

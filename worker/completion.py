@@ -154,8 +154,28 @@ class Completion:
     _commit_retry_at: float = 0.0
     _unmarked: list[tuple[str, str]] = field(default_factory=list)  # published, not yet in the store
 
+    def __post_init__(self) -> None:
+        self._busy = threading.Lock()  # `finish` may run on a thread of its own (worker.pipeline)
+
     def attempt(self, batch: Completing) -> bool:
-        """One try at finishing `batch`; True when done, else a retry is scheduled."""
+        """One try at finishing `batch` and committing it; True when done, else a retry is scheduled."""
+        if not self.finish(batch):
+            return False
+        self.settle(batch)
+        return True
+
+    def finish(self, batch: Completing) -> bool:
+        """Store and publish `batch` (no consumer call: this may run beside the loop, one batch at
+        a time); True when both are done, else a retry is scheduled (`batch.retry_at`)."""
+        with self._busy:
+            return self._finish(batch)
+
+    def settle(self, batch: Completing) -> None:
+        """A finished batch: commit its offsets and count it (on the loop's thread)."""
+        self._commit(batch)
+        self._count(batch)
+
+    def _finish(self, batch: Completing) -> bool:
         try:
             if not batch.stored:
                 started = time.perf_counter()
@@ -178,8 +198,6 @@ class Completion:
             log.warning("batch of %d not completed (attempt %d, %s: %s); retrying in %.1f s",
                         batch.size, batch.attempts, type(exc).__name__, str(exc)[:300], delay)
             return False
-        self._commit(batch)
-        self._count(batch)
         return True
 
     # ------------------------------------------------------------ store
@@ -246,11 +264,17 @@ class Completion:
         batch.acked.update(indices)
         self._unmarked += [(batch.results[i].row.event_id, key) for i in indices for key in batch.results[i].keys]
 
-    def flush_published(self) -> None:
-        """Remember now what went out (on stop)."""
-        if self._unmarked:
-            self.store.mark_published(self._unmarked)
-            self._unmarked.clear()
+    def flush_published(self, timeout_s: float = 5.0) -> None:
+        """Remember now what went out (on stop; not while a store hung past the drain is running)."""
+        if not self._busy.acquire(timeout=timeout_s):
+            log.warning("a store is still running; what was published since the last one is not marked")
+            return
+        try:
+            if self._unmarked:
+                self.store.mark_published(self._unmarked)
+                self._unmarked.clear()
+        finally:
+            self._busy.release()
 
     # ------------------------------------------------------------ commit
 

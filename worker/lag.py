@@ -4,7 +4,8 @@ partitions while its group's topic has a backlog.
 The fetcher's high-water mark is not enough: it stops moving while a partition is paused, and
 the worker pauses exactly when it has a backlog, so a lag computed from it under-reports when it
 matters. Every `interval_s` the monitor asks the broker for the end offsets of every partition of
-the topic and for the group's committed offsets, and publishes:
+the topic and for the group's committed offsets (between two questions, the figures follow this
+worker's own commits and fetches), and publishes:
 - `aedr_consumer_lag{topic,partition}` for the partitions this worker owns: end minus the last
   offset committed (by this worker, else by the group; 0 before the group's first commit);
 - `aedr_group_lag{topic}`: the same, summed over every partition of the topic;
@@ -41,32 +42,42 @@ class LagMonitor:
         self._shown: set[Partition] = set()
         self._unassigned_since: float | None = None
         self.group_lag: int | None = None
+        self._partitions: set[Partition] | None = None  # the broker's last answer
+        self._ends: dict[Partition, int] = {}
+        self._group: dict[Partition, int] = {}
 
     def update(self, force: bool = False) -> None:
-        """Every `interval_s`, and at once when the assignment changed."""
+        """Asks the broker every `interval_s`, and at once when the assignment changed; in
+        between (every turn of the loop, no I/O), recomputes the gauges from the last answer, the
+        fetcher's high-water marks and this worker's own commits, so that a commit shows at once."""
         now = self.clock.monotonic()
-        if now < self._next and not force and self.consumer.assignment() == self._shown:
-            return
-        self._next = now + self.interval_s
         try:
-            self._update(now)
+            if now >= self._next or force or self.consumer.assignment() != self._shown:
+                self._next = now + self.interval_s
+                self._ask()
+            if self._partitions is not None:
+                self._publish(now)
         except Exception:  # a gauge must never stop the worker
             log.exception("lag: could not update the gauges")
 
-    def _update(self, now: float) -> None:
-        assigned = self.consumer.assignment()
+    def _ask(self) -> None:
         try:
-            partitions = self.consumer.partitions(self.topic) | assigned
+            partitions = self.consumer.partitions(self.topic) | self.consumer.assignment()
             ends = self.consumer.end_offsets(partitions)
             group = self.consumer.group_offsets(partitions)
         except Exception as exc:  # the broker is away: keep the last figures, try again later
             log.debug("lag: offsets not available (%s)", exc)
             return
+        self._partitions, self._ends, self._group = partitions, ends, group
+
+    def _publish(self, now: float) -> None:
+        assigned = self.consumer.assignment()
+        partitions = self._partitions | assigned
         ours = self.ledger.committed
         lags: dict[Partition, int] = {}
         for tp in partitions:
-            end = max(ends.get(tp, 0), (self.consumer.highwater(tp) if tp in assigned else None) or 0)
-            base = ours.get(tp, group.get(tp))
+            end = max(self._ends.get(tp, 0), (self.consumer.highwater(tp) if tp in assigned else None) or 0)
+            base = ours.get(tp, self._group.get(tp))
             lags[tp] = max(0, end - (base or 0))
         for tp in self._shown - assigned:
             self.metrics.lag.remove(tp.topic, str(tp.partition))

@@ -64,6 +64,7 @@ class InFlight:
     items: list[Work]
     scored: Future | None  # Future[ScoredBatch]; None while waiting to be scored again
     completing: Completing | None = None
+    finishing: Future | None = None  # Future[bool]: its store and publish, on the completion thread
     attempts: int = 0  # times the models were unavailable for it
     retry_at: float = 0.0
 
@@ -73,7 +74,8 @@ class Worker:
                  batch: BatchSettings, retry: RetrySettings, clock: Clock, metrics: Metrics, health: Health,
                  stop: threading.Event, prepare_executor: Executor | None = None, drain_s: float = 30.0,
                  wait: Callable[[Future, float], bool] | None = None, guard: GuardSettings = GuardSettings(),
-                 lag: LagMonitor | None = None, reloader: Reloader | None = None):
+                 lag: LagMonitor | None = None, reloader: Reloader | None = None,
+                 complete_executor: Executor | None = None):
         self.consumer = consumer
         if batch.inflight < 1 or batch.prepare_threads < 0:
             raise ValueError("pass BatchSettings.resolved(): inflight and prepare_threads must be concrete")
@@ -97,6 +99,8 @@ class Worker:
         self._input_fault: str | None = None
         self._dead_letters = DeadLetterWindow(guard.dead_letter_window)
         self._prepare_executor = prepare_executor
+        # Stores and publishes one batch at a time beside the loop (None: on the loop's thread).
+        self._complete_executor = complete_executor
         # How the loop waits for a scoring thread (tests pass worker.testing.ManualExecutor.wait).
         self._wait = wait or (lambda future, timeout: bool(wait_futures([future], timeout=timeout).done))
         self._buffer: deque[Work] = deque()
@@ -131,8 +135,8 @@ class Worker:
         """One turn: finish scored batches (store, publish, commit) before polling, so that a
         rebalance during the poll finds nothing finished and uncommitted; then poll, control the
         flow, start new batches, and report lag and liveness."""
-        if self._serial and len(self._inflight) >= self._max_inflight and self._inflight[0].scored is not None:
-            self._wait(self._inflight[0].scored, 1.0)  # heartbeats run on the client's own thread
+        if self._serial and self._scoring() >= self._max_inflight and (pending := self._pending()) is not None:
+            self._wait(pending, 1.0)  # heartbeats run on the client's own thread
         self._complete_done()
         self.completion.commit_pending()
         try:
@@ -172,14 +176,15 @@ class Worker:
             now = self.clock.monotonic()
             if now >= deadline:
                 break
-            while self._buffer and len(self._inflight) < self._max_inflight:
+            while self._buffer and self._scoring() < self._max_inflight:
                 self._start_batch()
             head = self._inflight[0]
-            if head.scored is None or not self._wait(head.scored, deadline - now):
-                break  # models unavailable, or a scorer hung: give up within the bound
+            pending = head.finishing or head.scored
+            if pending is None or not self._wait(pending, deadline - now):
+                break  # models unavailable, or a scorer or the store hung: give up within the bound
             if self._complete(head):
                 self._inflight.popleft()
-            else:
+            elif head.finishing is None:  # a failed try: again after its backoff
                 self.clock.sleep(max(0.0, min(self._retry_at(head), deadline) - self.clock.monotonic()))
         left = len(self._buffer) + sum(len(b.items) for b in self._inflight)
         if left:
@@ -199,11 +204,16 @@ class Worker:
     def _poll_timeout_ms(self) -> int:
         if self._inflight:
             head = self._inflight[0]
+            if head.finishing is not None and not head.finishing.done():
+                return 10  # being stored: the loop polls, and starts the next batch when it is due
+            backoff = self._retry_at(head) - self.clock.monotonic()
+            if backoff > 0:  # a failed try waits for its retry: no need to spin meanwhile
+                return math.ceil(min(backoff, 0.1) * 1000)
             if head.scored is None or head.scored.done():
                 return 0 if self._serial else 5
             # Every scorer already has its next batch queued: nothing is gained by waking often,
             # and each wake-up takes CPU (and the GIL) from the scoring thread (PERFORMANCE.md).
-            return 100 if len(self._inflight) >= self._max_inflight else 20
+            return 100 if self._scoring() >= self._max_inflight else 20
         if self._buffer:
             waited = (self.clock.monotonic() - self._buffer[0].received) * 1000.0
             return math.ceil(max(0.0, min(self.batch.max_wait_ms - waited, 100)))  # ceil: never spin at 0
@@ -270,8 +280,21 @@ class Worker:
             self.health.finished()
 
     def _start_ready(self) -> None:
-        while not self._reloading and len(self._inflight) < self._max_inflight and self._batch_ready():
+        while not self._reloading and self._scoring() < self._max_inflight and self._batch_ready():
             self._start_batch()
+
+    def _scoring(self) -> int:
+        """Batches that hold a scorer: all in flight but a head that is being completed (its
+        store runs beside the next batch's scoring, so a slow database does not set the pace)."""
+        head_done = bool(self._inflight) and self._inflight[0].completing is not None
+        return len(self._inflight) - head_done
+
+    def _pending(self) -> Future | None:
+        """What the loop waits on when every scorer is busy: the head's store, else the first
+        scoring not done (None: nothing to wait on, as while a retry's backoff runs)."""
+        futures = [self._inflight[0].finishing] if self._inflight else []
+        futures += [b.scored for b in self._inflight]
+        return next((f for f in futures if f is not None and not f.done()), None)
 
     def _maybe_reload(self) -> None:
         """A reload waits for the batches in flight to be committed; then the new watchlist
@@ -328,7 +351,17 @@ class Worker:
             self._observe_stages(scored)
             batch.completing = Completing(results, [j.prepared for j in scored.judged],
                                           offsets_of([w.message for w in batch.items]), [w.received for w in batch.items])
-        return self.completion.attempt(batch.completing)
+        if self._complete_executor is None:
+            return self.completion.attempt(batch.completing)
+        if batch.finishing is None:
+            batch.finishing = self._complete_executor.submit(self.completion.finish, batch.completing)
+        if not batch.finishing.done():
+            return False
+        finishing, batch.finishing = batch.finishing, None
+        if not finishing.result():
+            return False  # a retry after its backoff (batch.completing.retry_at)
+        self.completion.settle(batch.completing)
+        return True
 
     def _guard_trips(self, dead: list[bool]) -> bool:
         limit = self.guard.dead_letter_fraction

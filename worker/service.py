@@ -175,8 +175,12 @@ def _build(settings: Settings, stop: threading.Event, registry: CollectorRegistr
     completion = Completion(store, producers, consumer, metrics, clock, health, publishing, settings.retry, ledger)
     lag = LagMonitor(consumer, kafka.topic, ledger, metrics, clock)
     reloader = Reloader(config_path, settings, reload or threading.Event(), clock, metrics, scoring_pool)
+    # One thread stores and publishes a batch while the next one is scored (a far database does
+    # not set the pace); offsets are still committed by the loop, in order, after both.
+    completer = ThreadPoolExecutor(1, thread_name_prefix="complete")
+    opened.append(partial(completer.shutdown, wait=False, cancel_futures=True))
     worker = Worker(consumer, pool, completion, publishing, batch, settings.retry, clock, metrics, health, stop,
-                    prepare_pool, guard=settings.guard, lag=lag, reloader=reloader)
+                    prepare_pool, guard=settings.guard, lag=lag, reloader=reloader, complete_executor=completer)
     opened.append(worker.close)  # the scoring pool in use at the end (a reload replaces the first)
     health.loaded()
     return Service(settings, metrics, health, server, store, watchlist, worker, tuple(reversed(opened)))

@@ -1,16 +1,23 @@
 """A TCP proxy on loopback that a test can cut: every open connection is dropped and new ones
-are refused until `restore()`. Used to take the database away from a running worker."""
+are refused until `restore()`. Used to take the database away from a running worker.
+
+With `delay_s`, every chunk is forwarded `delay_s` after it arrived, in order, in each direction:
+a round trip through the proxy takes 2 × delay_s longer, as to a database in another region
+(bench/slow_db.py)."""
 
 from __future__ import annotations
 
+import queue
 import socket
 import threading
+import time
 
 
 class CuttableProxy:
-    def __init__(self, target: tuple[str, int], port: int = 0):
+    def __init__(self, target: tuple[str, int], port: int = 0, delay_s: float = 0.0):
         self.target = target
         self.port = port
+        self.delay_s = delay_s
         self._listener: socket.socket | None = None
         self._conns: set[socket.socket] = set()
         self._lock = threading.Lock()
@@ -42,20 +49,44 @@ class CuttableProxy:
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
 
     def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
+        late: queue.Queue | None = None
+        if self.delay_s > 0:
+            late = queue.Queue()
+            threading.Thread(target=self._send_late, args=(late, src, dst), daemon=True).start()
         try:
             while data := src.recv(65536):
+                if late is None:
+                    dst.sendall(data)
+                else:
+                    late.put((time.monotonic() + self.delay_s, data))
+        except OSError:
+            pass
+        finally:
+            if late is None:
+                self._close(src, dst)
+            else:
+                late.put(None)  # the sender closes both once the delayed chunks are out
+
+    def _send_late(self, late: queue.Queue, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while (item := late.get()) is not None:
+                due, data = item
+                time.sleep(max(0.0, due - time.monotonic()))
                 dst.sendall(data)
         except OSError:
             pass
         finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                s.close()
-            with self._lock:
-                self._conns -= {src, dst}
+            self._close(src, dst)
+
+    def _close(self, src: socket.socket, dst: socket.socket) -> None:
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+        with self._lock:
+            self._conns -= {src, dst}
 
     def cut(self) -> None:
         """Drop every connection and refuse new ones (the port is closed)."""

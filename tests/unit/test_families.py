@@ -269,21 +269,25 @@ def test_a_calibration_is_refused_for_another_family_even_with_equal_weights_has
         cal.check_matches("cd" * 32, pre, "dc")
 
 
-def test_shipped_calibrations_keep_loading_and_the_preprocessing_hash_is_unchanged():
-    """Records written before the `family` field have none; their preprocessing hash is still
-    the one today's preprocessing gives (PREPROCESSING_VERSION untouched)."""
+def test_shipped_calibrations_load_and_a_record_from_before_the_family_field_still_does(tmp_path):
+    """Every shipped record names its family and matches its model; a record written before the
+    `family` field (none in it) still loads, and its preprocessing hash is today's."""
     from worker.zoo import ZOO
 
-    older = [m for m in ZOO if "family" not in json.loads(m.calibration_path.read_text())]
-    assert {m.name for m in older} >= {"kl-f4c4", "kl-f4c16", "kl-f8c4", "vq-f4", "tiny-f8"}
     for member in ZOO:
         cal = Calibration.load(member.calibration_path)
         model = load_autoencoder(str(member.path), device="cpu")
         spec = preprocessing_spec(model.spatial_factor, cal.preprocessing.get("tile"), model.dtype)
         assert cal.preprocessing_sha256 == preprocessing_sha256(spec)
         cal.check_matches(model.weights_sha256, spec, model.kind)
-        assert cal.family in ("", member.kind)
-        assert (member not in older) == (cal.family == member.kind)
+        assert cal.family == member.kind
+        record = json.loads(member.calibration_path.read_text())
+        del record["family"]
+        older = tmp_path / f"{member.name}.json"
+        older.write_text(json.dumps(record))
+        old = Calibration.load(older)
+        assert old.family == "" and old.threshold == cal.threshold
+        old.check_matches(model.weights_sha256, spec, model.kind)
 
 
 def test_the_zoo_has_members_of_the_new_families_through_the_real_loading_path():

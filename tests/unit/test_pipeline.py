@@ -81,7 +81,9 @@ class Rig:
 
 def rig(watchlist, partitions: dict[int, list[bytes]], *, store: MemoryStore | None = None, scorer=None,
         executor=None, producer_factory=None, guard: GuardSettings = GuardSettings(),
-        inspect=None, **batch) -> Rig:
+        inspect=None, threaded: bool = False, **batch) -> Rig:
+    """A worker on a fake broker; `threaded`: stores and publishes on a completion executor
+    (a ManualExecutor that runs when the loop waits on it), as `aedr serve` does."""
     clock = FakeClock()
     broker = FakeBroker(clock=clock)
     broker.create_topic("uploads", max(partitions) + 1 if partitions else 1)
@@ -103,9 +105,21 @@ def rig(watchlist, partitions: dict[int, list[bytes]], *, store: MemoryStore | N
                        executors=[executor or InlineExecutor()])
     settings = BatchSettings(**{"max_size": 4, "max_wait_ms": 50, "max_buffered": 8, "prepare_threads": 0,
                                 **batch}).resolved(on_gpu=False)
+    waits = [e.wait for e in (executor,) if isinstance(e, ManualExecutor)]
+    completer = ManualExecutor(clock) if threaded else None
+    if completer is not None:
+        waits.append(completer.wait)
+
+    def wait(future, timeout: float) -> bool:
+        return any(w(future, timeout) for w in waits)
+
     worker = Worker(consumer, pool, completion, publishing, settings, retry, clock, metrics, health,
-                    threading.Event(), wait=executor.wait if isinstance(executor, ManualExecutor) else None, guard=guard,
-                    lag=LagMonitor(consumer, "uploads", ledger, metrics, clock, interval_s=0))
+                    threading.Event(), wait=wait if waits else None, guard=guard,
+                    lag=LagMonitor(consumer, "uploads", ledger, metrics, clock, interval_s=0),
+                    complete_executor=completer)
+    if completer is not None:  # the completion thread runs between two turns of the loop (or when it waits)
+        turn = worker.step
+        worker.step = lambda: (turn(), completer.run_all())[0]
     return Rig(broker, clock, store, worker, metrics, health)
 
 
@@ -113,12 +127,13 @@ def event(event_id: str, image) -> bytes:
     return upload_event(event_id, image, metadata={"n": event_id})
 
 
-def test_scores_stores_alerts_dead_letters_and_commits(watchlist):
+@pytest.mark.parametrize("threaded", [False, True], ids=["inline", "threaded"])
+def test_scores_stores_alerts_dead_letters_and_commits(watchlist, threaded):
     images = random_images(7, 32, 32, seed=11)
     values = [event(f"e{i}", im) for i, im in enumerate(images)]
     values.insert(3, b"{broken json")
     values.insert(5, json.dumps({"event_id": "no-image"}).encode())
-    r = rig(watchlist, {0: values[:5], 1: values[5:]})
+    r = rig(watchlist, {0: values[:5], 1: values[5:]}, threaded=threaded)
     r.step_until_committed(len(values))
 
     rows = {row["event_id"]: row for row in r.store.events()}
@@ -157,9 +172,10 @@ def test_scores_stores_alerts_dead_letters_and_commits(watchlist):
     assert r.sample("aedr_alerts_total") == len(matched)
 
 
-def test_no_commit_until_stored_then_retry_succeeds_with_backoff(watchlist):
+@pytest.mark.parametrize("threaded", [False, True], ids=["inline", "threaded"])
+def test_no_commit_until_stored_then_retry_succeeds_with_backoff(watchlist, threaded):
     values = [event(f"e{i}", im) for i, im in enumerate(random_images(4, 32, 32, seed=3))]
-    r = rig(watchlist, {0: values}, store=MemoryStore(fail_next=3))
+    r = rig(watchlist, {0: values}, store=MemoryStore(fail_next=3), threaded=threaded)
     for _ in range(3):  # three failed saves, each after the backoff of the previous one
         before = r.store.fail_next
         while r.store.fail_next == before:
@@ -193,9 +209,10 @@ def test_a_partial_batch_waits_max_wait_ms_of_clock_time(watchlist):
     assert 0.050 - 1e-9 <= started_at[0] <= 0.052  # not before the wait was over; idle polls wait until it is due
 
 
-def test_unacknowledged_alerts_block_the_commit(watchlist):
+@pytest.mark.parametrize("threaded", [False, True], ids=["inline", "threaded"])
+def test_unacknowledged_alerts_block_the_commit(watchlist, threaded):
     values = [event(f"e{i}", im) for i, im in enumerate(random_images(8, 32, 32, seed=4))]
-    r = rig(watchlist, {0: values}, max_size=8)
+    r = rig(watchlist, {0: values}, max_size=8, threaded=threaded)
     producer = r.broker.producer()
     producer.fail_next = 1
     r.worker.completion.producers = ProducerSlot(lambda: producer)
@@ -204,6 +221,28 @@ def test_unacknowledged_alerts_block_the_commit(watchlist):
     assert len(r.consumer.commits) == 1  # … and that attempt committed nothing
     assert r.store.saves == 1  # stored once, not again on the retry
     assert r.published("alerts")
+
+
+def test_the_next_batch_is_scored_while_the_head_is_stored_and_commits_stay_in_order(watchlist):
+    """A far database does not set the pace: the store of one batch runs beside the scoring of
+    the next, and offsets are still committed batch by batch, in order, after each store."""
+    values = [event(f"e{i}", im) for i, im in enumerate(random_images(12, 32, 32, seed=21))]
+    order = []
+    store = MemoryStore()
+    save, submit = store.save, None
+
+    def logged_save(rows, *args, **kwargs):
+        order.append(("store", [r.event_id for r in rows]))
+        return save(rows, *args, **kwargs)
+
+    store.save = logged_save
+    r = rig(watchlist, {0: values}, store=store, threaded=True, max_size=4, max_buffered=12)
+    submit = r.worker.scoring.submit
+    r.worker.scoring.submit = lambda items: (order.append(("score", [w.message.offset for w in items])), submit(items))[1]
+    r.step_until_committed(12)
+    assert [kind for kind, _ in order] == ["score", "score", "store", "score", "store", "store"]
+    assert [ids for kind, ids in order if kind == "store"] == [[f"e{i}" for i in range(k, k + 4)] for k in (0, 4, 8)]
+    assert [c[P0] for c in r.consumer.commits] == [4, 8, 12]
 
 
 def test_batches_are_bounded_and_partitions_pause_when_full(watchlist):

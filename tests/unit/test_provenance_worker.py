@@ -12,7 +12,6 @@ import subprocess
 import sys
 from datetime import datetime, timezone
 
-import numpy as np
 import pytest
 
 from tests import provenance_fixtures as F

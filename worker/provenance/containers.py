@@ -162,7 +162,7 @@ def _itxt_text(body: bytes, limit: int) -> bytes | None:
     """The text of an iTXt chunk (keyword, flags, language and translated keyword skipped)."""
     try:
         keyword_end = body.index(b"\x00")
-        compressed, _method = body[keyword_end + 1], body[keyword_end + 2]
+        compressed = body[keyword_end + 1]  # (the compression method byte after it: only zlib exists)
         rest = body[keyword_end + 3:]
         rest = rest[rest.index(b"\x00") + 1:]  # language tag
         rest = rest[rest.index(b"\x00") + 1:]  # translated keyword

@@ -1,11 +1,16 @@
 """The Postgres (production) / SQLite (demo) store.
 
-One micro-batch is one transaction, so a batch is either wholly stored or not at all. Inserts
-are `ON CONFLICT DO NOTHING` on the natural keys, so a redelivered batch adds nothing; an event
-stored before is settled again by the rules of worker.storage.records (status, best_match). On
-Postgres each table's rows go in one statement (psycopg2's execute_values): SQLAlchemy would run
-an ON CONFLICT executemany row by row, a round trip per row that a remote database multiplies by
-its latency.
+A micro-batch's rows are stored atomically: wholly or not at all. Inserts are `ON CONFLICT DO
+NOTHING` on the natural keys, so a redelivered batch adds nothing; an event stored before is
+settled again by the rules of worker.storage.records (status, best_match), in a second
+transaction (a crash between the two leaves the batch uncommitted in Kafka, and its redelivery
+settles it).
+
+A database far away must not set the pace, so on Postgres a batch is one round trip: every
+table's rows go in one statement (data-modifying CTEs, one implicit transaction), with no BEGIN,
+COMMIT or pre-ping around it. SQLAlchemy would run an ON CONFLICT executemany row by row, and a
+transaction costs two more round trips; a connection that broke is dropped by SQLAlchemy when
+the statement fails, and the batch is retried (worker.completion).
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ def make_engine(url: str, settings: "DatabaseSettings | None" = None) -> Engine:
     connect_args: dict[str, Any] = {}
     if "psycopg" in url.split("://", 1)[0] or url.startswith("postgresql://"):
         connect_args["connect_timeout"] = max(1, int(settings.connect_timeout_s))
-    return create_engine(url, pool_pre_ping=True, pool_size=settings.pool_size, max_overflow=settings.max_overflow,
+    return create_engine(url, pool_size=settings.pool_size, max_overflow=settings.max_overflow,
                          pool_timeout=settings.pool_timeout_s, pool_recycle=int(settings.pool_recycle_s) or -1,
                          connect_args=connect_args)
 
@@ -78,6 +83,29 @@ def insert_ignoring_conflicts(conn, table, rows: list[dict[str, Any]], returning
     return {r[returning] for r in rows} - before if returning else set()
 
 
+def insert_in_one_statement(conn, tables: Sequence[tuple[Any, list[dict[str, Any]]]], returning_table,
+                            returning: str) -> set[Any]:
+    """Insert every table's rows, skipping those whose key exists, in one Postgres statement
+    (each insert a data-modifying CTE, in the order given: a child's foreign key is checked at
+    the end of the statement); returns the `returning` column of the rows of `returning_table`
+    really inserted. The values travel as bound parameters (psycopg2 interpolates them)."""
+    parts, params = [], []
+    for k, (table, rows) in enumerate(tables):
+        if not rows:
+            continue
+        names = [c.name for c in table.columns if c.name in rows[0]]
+        row = "(" + ", ".join(["%s"] * len(names)) + ")"
+        tail = f' RETURNING "{returning}"' if table is returning_table else ""
+        parts.append(f'i{k} AS (INSERT INTO "{table.name}" ({", ".join(chr(34) + c + chr(34) for c in names)}) '
+                     f'VALUES {", ".join([row] * len(rows))} ON CONFLICT DO NOTHING{tail})')
+        params += [r[c] for r in rows for c in names]
+    if not parts:
+        return set()
+    k = next((k for k, (table, rows) in enumerate(tables) if table is returning_table and rows), None)
+    select_ = f'SELECT "{returning}" FROM i{k}' if k is not None else "SELECT 1 WHERE false"
+    return {r[0] for r in conn.exec_driver_sql("WITH " + ", ".join(parts) + " " + select_, tuple(params))}
+
+
 class SqlStore:
     def __init__(self, engine: Engine):
         self.engine = engine
@@ -94,14 +122,26 @@ class SqlStore:
             attributions += a
             signals += p
             errors += e
-        with self.engine.begin() as conn:
-            insert_ignoring_conflicts(conn, PublishedRow.__table__, [{"event_id": e, "key": k} for e, k in published])
-            new = insert_ignoring_conflicts(conn, EventRow.__table__, events, returning="event_id")
-            insert_ignoring_conflicts(conn, AttributionRow.__table__, attributions)
-            insert_ignoring_conflicts(conn, ProvenanceSignalRow.__table__, signals)
-            insert_ignoring_conflicts(conn, ProvenanceErrorRow.__table__, errors)
+        marks = [{"event_id": e, "key": k} for e, k in published]
+        tables = [(PublishedRow.__table__, marks), (EventRow.__table__, events), (AttributionRow.__table__, attributions),
+                  (ProvenanceSignalRow.__table__, signals), (ProvenanceErrorRow.__table__, errors)]
+        if self.engine.dialect.name == "postgresql" and self.engine.dialect.driver == "psycopg2":
+            with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                new = insert_in_one_statement(conn, tables, EventRow.__table__, "event_id")
             known = [o for o in outcomes if o.event_id not in new]
-            done = self._settle(conn, known) if known else {}
+            done = {}
+            if known:
+                with self.engine.begin() as conn:
+                    done = self._settle(conn, known)
+        else:
+            with self.engine.begin() as conn:
+                new = set()
+                for table, rows in tables:
+                    got = insert_ignoring_conflicts(conn, table, rows, returning="event_id" if table is EventRow.__table__
+                                                    else None)
+                    new |= got
+                known = [o for o in outcomes if o.event_id not in new]
+                done = self._settle(conn, known) if known else {}
         seen: set[str] = set()
         result = []
         for o in outcomes:  # an event twice in one batch: the second time, it existed
@@ -166,6 +206,8 @@ class SqlStore:
             return True
         if isinstance(exc, StatementError):  # the driver refused a value (e.g. a NUL in a string)
             return isinstance(exc.orig, ValueError)
+        if getattr(exc, "pgcode", None) and str(exc.pgcode)[:2] in ("22", "23"):  # data or integrity (a raw driver error)
+            return True
         return isinstance(exc, ValueError)  # psycopg2 raises it directly (execute_values) for such values
 
     # Read side, for the demo, tests and operators' scripts.

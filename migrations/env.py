@@ -4,6 +4,7 @@ for the plain `alembic` command, from AEDR_DATABASE__URL; the metadata from work
 from __future__ import annotations
 
 import os
+import time
 
 from alembic import context
 from sqlalchemy import create_engine, text
@@ -31,8 +32,7 @@ def run_migrations_online() -> None:
         with engine.connect() as connection:
             postgres = connection.dialect.name == "postgresql"
             if postgres:
-                connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
-                connection.commit()
+                _wait_for_lock(connection)
             try:
                 context.configure(
                     connection=connection,
@@ -50,6 +50,19 @@ def run_migrations_online() -> None:
                     connection.commit()
     finally:
         engine.dispose()
+
+
+def _wait_for_lock(connection, poll_s: float = 0.2) -> None:
+    """Take the migration lock, polling with pg_try_advisory_lock outside any transaction. A
+    blocking pg_advisory_lock would wait inside a statement that holds a snapshot, and
+    CREATE INDEX CONCURRENTLY (0003) in the holder's session waits for every older snapshot to
+    end: the two would wait on each other and Postgres would kill one as a deadlock."""
+    while True:
+        got = connection.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY}).scalar()
+        connection.commit()
+        if got:
+            return
+        time.sleep(poll_s)
 
 
 if context.is_offline_mode():

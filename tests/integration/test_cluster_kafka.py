@@ -144,13 +144,15 @@ def test_records_the_client_cannot_decode_are_named_and_never_skipped(shimmed, m
 
 
 def test_serve_stops_with_one_line_on_undecodable_records(shimmed, pg_server_url, tmp_path):
-    """A worker image without a codec (simulated: `import snappy` fails) meets snappy batches."""
+    """A worker image without a codec (simulated: `import snappy` fails) meets snappy batches:
+    what came before them is finished, the partition is paused, and once that has lasted
+    guard.fault_exit_s the worker exits 1 with one line that names the partition and codec."""
     bootstrap = f"127.0.0.1:{shimmed.port}"
     blocker = tmp_path / "no-snappy"
     (blocker / "snappy").mkdir(parents=True)
     (blocker / "snappy" / "__init__.py").write_text("raise ImportError('snappy blocked for this test')\n")
     with postgres_database(pg_server_url, "aedr_nocodec") as url:
-        launcher = ServeLauncher(bootstrap, url, tmp_path, ["kl-f4c4"],
+        launcher = ServeLauncher(bootstrap, url, tmp_path, ["kl-f4c4"], sections={"guard": {"fault_exit_s": 10}},
                                  env={"PYTHONPATH": f"{blocker}{os.pathsep}{REPO}"})
         ensure_topics(KafkaSettings(bootstrap_servers=bootstrap), 1, [launcher.topic, launcher.alerts, launcher.dlq])
         corpus = make_corpus(["kl-f4c4"], per_model=1, real=1, seed=32, with_broken=False)

@@ -1,6 +1,7 @@
 """`aedr serve` with a watchlist that mixes six autoencoder families (KL, VQ, Tiny, SANA's DC-AE,
 FLUX.2, Qwen-Image), against the real broker (Tansu) and the real Postgres: every event stored,
-one attribution per model, and the numbers equal to offline scoring of the same pixels."""
+one attribution per model, and the numbers equal to offline scoring of the same pixels (the stored
+score is the calibration's method applied to those statistics: the paper's t' or the fused score)."""
 
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ def test_serve_scores_a_watchlist_of_six_families(broker, pg_url, tmp_path):
             assert ids == sorted(corpus.images)
             for event_id, want in zip(ids, score_images(model, [corpus.images[i] for i in ids])):
                 got = mine[event_id]
-                assert got["score"] == pytest.approx(want.score, rel=1e-4)
+                assert got["score"] == pytest.approx(calibration.scorer.score(want), rel=1e-4)
                 assert got["loss1"] == pytest.approx(want.loss1, rel=1e-4)
                 assert got["loss2"] == pytest.approx(want.loss2, rel=1e-4)
                 assert got["threshold"] == calibration.threshold

@@ -13,6 +13,7 @@ the producer's send time to the event's `scored_at` in Postgres).
 Writes soak.csv (one row per sample), summary.json and soak.png (memory, latency, backlog over
 time) to --out-dir, and prints the summary: MB/hour after `--warmup-s` (a least-squares line
 through the samples), and the latency quantiles in each quarter of the run after warm-up.
+`--render SUMMARY_JSON --doc docs/RELIABILITY.md` writes an earlier run's figures into the doc.
 With --cpus, the whole stack (broker, worker, producer) runs on those cores only, so that other
 work on the machine disturbs it less.
 """
@@ -46,6 +47,20 @@ from worker.config import KafkaSettings  # noqa: E402
 
 COLUMNS = ["t_s", "rss_mb", "fds", "threads", "produced", "stored", "backlog", "lag_gauge", "n",
            "p50_s", "p95_s", "p99_s", "max_s"]
+
+
+def commit() -> str:
+    """The checkout's commit (with `+` when it has uncommitted changes), or "?"."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "?"
+    return head + ("+" if dirty else "")
 
 
 def process_stats(pid: int) -> tuple[float, int, int]:
@@ -205,8 +220,58 @@ def plot(rows: list[dict], warmup_s: float, path: Path) -> None:
     fig.savefig(path, dpi=90)
 
 
+def render(summary: dict, command: str) -> str:
+    """The Markdown that docs/RELIABILITY.md shows for a soak (between `<!-- BEGIN soak -->` and
+    `<!-- END soak -->`): every figure from `summary`."""
+    m = summary["machine"]
+    lines = [
+        f"Made with `{command}` (commit {summary.get('commit', '?')}, finished {summary['finished']}; "
+        f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores, the stack pinned to cores `{summary['cpus']}`).",
+        "",
+        f"Model `{summary['model']}`, {summary['size']}×{summary['size']} PNG uploads. Capacity on a backlog: "
+        f"{summary['capacity_events_per_s']:.1f} events/s; offered at a constant "
+        f"{summary['offered_events_per_s']:.1f} events/s ({summary['fraction']:.0%}) for "
+        f"{summary['duration_s'] / 3600:.2f} h; sampled {summary['samples']} times, "
+        f"{summary['samples_after_warmup']} after the warm-up of {summary['warmup_s'] / 60:.0f} min.",
+        "",
+        "| after warm-up | value |",
+        "|---|---:|",
+        f"| resident memory, least-squares slope | {summary['mb_per_hour']:+.2f} MB/hour |",
+        f"| resident memory, first → last sample | {summary['rss_first_mb']:.1f} → {summary['rss_last_mb']:.1f} MB |",
+        f"| resident memory, min – max | {summary['rss_min_mb']:.1f} – {summary['rss_max_mb']:.1f} MB |",
+        f"| open file descriptors, min – max | {summary['fds'][0]} – {summary['fds'][1]} |",
+        f"| threads, min – max | {summary['threads'][0]} – {summary['threads'][1]} |",
+        f"| backlog (produced − stored), max | {summary['backlog_max']} |",
+        "",
+        "Latency (upload sent → event stored in Postgres), per sampling interval, by quarter of the run "
+        "after warm-up:",
+        "",
+        "| minutes | median p50 (s) | median p99 (s) | worst p99 (s) |",
+        "|---|---:|---:|---:|",
+    ]
+    for q in summary["quarters"]:
+        lines.append(f"| {q['from_s'] / 60:.0f}–{q['to_s'] / 60:.0f} | {q['median_p50_s']:.3f} | "
+                     f"{q['median_p99_s']:.3f} | {q['max_p99_s']:.3f} |")
+    return "\n".join(lines)
+
+
+def write_into(doc: Path, text: str) -> None:
+    import re
+
+    begin, end = "<!-- BEGIN soak -->", "<!-- END soak -->"
+    body = doc.read_text()
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
+    if not pattern.search(body):
+        raise SystemExit(f"soak: {doc} has no {begin} … {end} section")
+    doc.write_text(pattern.sub(lambda _: f"{begin}\n{text}\n{end}", body, count=1))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--render", type=Path, metavar="SUMMARY_JSON",
+                        help="no run: write an earlier run's summary into --doc (or print it)")
+    parser.add_argument("--doc", type=Path, help="with --render: the Markdown file to write into")
+    parser.add_argument("--command", default="", help="with --render: the command that made the run")
     parser.add_argument("--model", default="kl-f4c4")
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--duration-s", type=float, default=7200)
@@ -218,6 +283,13 @@ def main() -> int:
     parser.add_argument("--cpus", help="cores for the whole stack, e.g. 1 or 0-1")
     parser.add_argument("--out-dir", default="bench/soak")
     args = parser.parse_args()
+    if args.render:
+        text = render(json.loads(args.render.read_text()), args.command or "bench/soak.py")
+        if args.doc:
+            write_into(args.doc, text)
+        else:
+            print(text)
+        return 0
     if args.cpus:
         cores = {int(c) for part in args.cpus.split(",") for c in
                  (range(int(part.split("-")[0]), int(part.split("-")[-1]) + 1))}
@@ -278,7 +350,7 @@ def main() -> int:
     summary = {"machine": machine(), "model": args.model, "size": args.size, "duration_s": args.duration_s,
                "capacity_events_per_s": rate_max, "offered_events_per_s": rate, "fraction": args.fraction,
                "warmup_s": args.warmup_s, "cpus": args.cpus, **summarise(rows, args.warmup_s),
-               "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+               "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "commit": commit()}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot(rows, args.warmup_s, out_dir / "soak.png")
     print(json.dumps(summary, indent=2))

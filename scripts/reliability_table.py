@@ -1,16 +1,23 @@
-"""Render the figures that the fault and hostile-input tests recorded ($AEDR_RELIABILITY_REPORT,
-JSON lines) as the Markdown table of docs/RELIABILITY.md. Every cell is a figure a test counted
-from the data (tests/integration/conftest.py, `delivery`): "–" where a scenario did not measure
-it.
+"""Render the figures that the fault, hostile-input and lifecycle tests recorded
+($AEDR_RELIABILITY_REPORT, JSON lines) as the Markdown tables of docs/RELIABILITY.md. Every cell
+is a figure a test counted from the data (tests/integration/conftest.py, `delivery`): "–" where
+a scenario did not measure it. The second table lists what each scenario measured beyond the
+common columns (kills that landed mid-batch, store retries during an outage, partitions revoked
+in a storm, …), so that the prose of the document needs no figure of its own.
 
     AEDR_RELIABILITY_REPORT=docs/reliability-run.jsonl .venv/bin/python -m pytest -s <the tests>
-    .venv/bin/python scripts/reliability_table.py docs/reliability-run.jsonl
+    .venv/bin/python scripts/reliability_table.py docs/reliability-run.jsonl [--doc docs/RELIABILITY.md]
+
+With --doc, the tables replace what stands between `<!-- BEGIN reliability -->` and
+`<!-- END reliability -->` in that file; otherwise they are printed.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
+import re
+from pathlib import Path
 
 COLUMNS = [
     ("trials", "trials"),
@@ -25,6 +32,10 @@ COLUMNS = [
     ("processed_more_than_once", "events processed more than once"),
     ("restarts", "worker restarts"),
 ]
+# Keys that are in the first table, or say nothing a reader needs (the bookkeeping of `delivery`).
+COMMON = {key for key, _ in COLUMNS} | {"fault", "alerts_published", "alerts_distinct", "dead_letters_published",
+                                        "dead_letters_distinct", "alerts_missing", "seed"}
+BEGIN, END = "<!-- BEGIN reliability -->", "<!-- END reliability -->"
 
 
 def cell(row: dict, key: str) -> str:
@@ -37,13 +48,47 @@ def cell(row: dict, key: str) -> str:
     return "–" if value is None else str(value)
 
 
-def main(path: str) -> None:
-    rows = [json.loads(line) for line in open(path) if line.strip()]
-    print("| fault or input class | " + " | ".join(title for _, title in COLUMNS) + " |")
-    print("|---|" + "---:|" * len(COLUMNS))
-    for r in rows:
-        print(f"| {r['fault']} | " + " | ".join(cell(r, key) for key, _ in COLUMNS) + " |")
+def value_text(value) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {v}" for k, v in sorted(value.items()))
+    return str(value)
+
+
+def tables(rows: list[dict]) -> str:
+    lines = ["| fault or input class | " + " | ".join(title for _, title in COLUMNS) + " |",
+             "|---|" + "---:|" * len(COLUMNS)]
+    lines += [f"| {r['fault']} | " + " | ".join(cell(r, key) for key, _ in COLUMNS) + " |" for r in rows]
+    extra = [(r["fault"], k.replace("_", " "), value_text(v)) for r in rows for k, v in r.items() if k not in COMMON]
+    if extra:
+        lines += ["", "What each scenario measured besides (keys as the tests record them):", "",
+                  "| scenario | measured | value |", "|---|---|---|"]
+        lines += [f"| {fault} | {key} | {value} |" for fault, key, value in extra]
+    seeds = sorted({r["seed"] for r in rows if "seed" in r})
+    if seeds:
+        lines += ["", "Seeds of this run: " + ", ".join(str(s) for s in seeds) + "."]
+    return "\n".join(lines)
+
+
+def write_into(doc: Path, text: str) -> None:
+    body = doc.read_text()
+    pattern = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END), re.S)
+    if not pattern.search(body):
+        raise SystemExit(f"reliability_table: {doc} has no {BEGIN} … {END} section")
+    doc.write_text(pattern.sub(lambda _: f"{BEGIN}\n{text}\n{END}", body, count=1))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("report", help="the JSON lines the tests wrote")
+    parser.add_argument("--doc", type=Path, help="write the tables into this Markdown file")
+    args = parser.parse_args(argv)
+    rows = [json.loads(line) for line in open(args.report) if line.strip()]
+    text = tables(rows)
+    if args.doc:
+        write_into(args.doc, text)
+    else:
+        print(text)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main()

@@ -141,6 +141,14 @@ class OffsetLedger:
 
 @dataclass
 class Completion:
+    """Store → publish → commit for one batch at a time, with the retries and the isolation of
+    one event's failure that each step needs.
+
+    Longer than this project's other classes on purpose: the three steps share the per-batch
+    progress (what is stored, what the broker acknowledged, what is left to commit) that makes a
+    retry do each step once; split across classes, that progress would have to be passed back
+    and forth, and the order that is the delivery guarantee would no longer read in one place."""
+
     store: Store
     producers: ProducerSlot
     consumer: Consumer

@@ -70,6 +70,16 @@ class InFlight:
 
 
 class Worker:
+    """The consume loop: poll → window → prepare → score → complete, with the in-flight queue,
+    backoff, fault holds, reload and drain.
+
+    Longer than this project's other classes on purpose: every method here reads or changes the
+    one piece of state whose order is the delivery guarantee (the in-flight queue, completed and
+    committed strictly from its head) and the partitions' pause state that goes with it. The
+    steps themselves live in their own modules (worker.outcomes, worker.scoring_pool,
+    worker.completion, worker.health, worker.reload, worker.lag); what remains is their
+    sequencing, kept in one place so that one reading shows every path an offset can take."""
+
     def __init__(self, consumer: Consumer, scoring: ScoringPool, completion: Completion, publishing: Publishing,
                  batch: BatchSettings, retry: RetrySettings, clock: Clock, metrics: Metrics, health: Health,
                  stop: threading.Event, prepare_executor: Executor | None = None, drain_s: float = 30.0,

@@ -34,7 +34,7 @@ tools:
 	    prometheus kcat stunnel4 openssl >/dev/null; }
 
 test: setup postgres tools
-	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest tests
+	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest tests --durations=25
 
 unit: setup tools
 	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest tests/unit

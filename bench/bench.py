@@ -255,6 +255,8 @@ def main() -> None:
     parser.add_argument("--out", default="bench/results.json")
     parser.add_argument("--skip-e2e", action="store_true")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved pure/end-to-end runs for the headline ratio")
+    parser.add_argument("--only-ratio", action="store_true",
+                        help="only the headline: interleaved pure and end-to-end runs (1 model) and their ratio")
     parser.add_argument("--experiment", nargs="*", default=None, metavar="KEY=VALUE",
                         help="only run end to end (1 model) with these [batch] or scoring.* settings, e.g. prepare_threads=4")
     args = parser.parse_args()
@@ -276,9 +278,20 @@ def main() -> None:
         print("worker time per stage over the whole run (s): " + ", ".join(f"{k} {v:.2f}" for k, v in stages.items()))
         return
     model = load_autoencoder(str(zoo_model(args.model).path), device="cpu")
+    budget = pixel_budget(model.device)
+    if args.only_ratio:
+        with tempfile.TemporaryDirectory() as tmp:
+            stack = Stack(Path(tmp))
+            try:
+                results.update(interleaved(stack, model, args.model, images, args.worker_batch, budget, args.repeats))
+            finally:
+                stack.close()
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(results, indent=2, default=str) + "\n")
+        print(render_ratio(results))
+        return
 
     results["pure"] = {b: pure_throughput(model, images, b) for b in (1, 4, 16, 64)}
-    budget = pixel_budget(model.device)
     results["pure_worker_config"] = pure_throughput(model, images, args.worker_batch, budget)
     with tempfile.TemporaryDirectory() as tmp:
         files = []
@@ -304,16 +317,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             stack = Stack(Path(tmp))
             try:
-                # Headline ratio: this machine's speed drifts by ±15 % between minutes, so pure
-                # scoring and end-to-end runs are interleaved and their medians compared.
-                pure_runs, e2e_runs = [], []
-                for i in range(args.repeats):
-                    log(f"interleaved run {i + 1}/{args.repeats} …")
-                    pure_runs.append(pure_throughput(model, images, args.worker_batch, budget, repeat=1))
-                    e2e_runs.append(e2e_throughput(stack, images, [args.model], args.worker_batch))
-                results["interleaved"] = {"pure": pure_runs, "e2e": e2e_runs}
-                results["e2e_over_pure"] = float(np.median(e2e_runs) / np.median(pure_runs))
-                results["e2e_by_models"] = {1: float(np.median(e2e_runs))}
+                results.update(interleaved(stack, model, args.model, images, args.worker_batch, budget, args.repeats))
                 for k, names in list(watch.items())[1:]:
                     log(f"end to end, {k} model(s) …")
                     results["e2e_by_models"][k] = e2e_throughput(stack, images, names, args.worker_batch)
@@ -329,6 +333,31 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2, default=str) + "\n")
     print(render(results))
+
+
+def interleaved(stack: "Stack", model, name: str, images, worker_batch: int, budget: int, repeats: int) -> dict:
+    """The headline ratio: this machine's speed drifts by ±15 % between minutes, so pure scoring
+    and end-to-end runs (1 model) are interleaved and their medians compared."""
+    pure_runs, e2e_runs = [], []
+    for i in range(repeats):
+        log(f"interleaved run {i + 1}/{repeats} …")
+        pure_runs.append(pure_throughput(model, images, worker_batch, budget, repeat=1))
+        e2e_runs.append(e2e_throughput(stack, images, [name], worker_batch))
+    return {"interleaved": {"pure": pure_runs, "e2e": e2e_runs},
+            "e2e_over_pure": float(np.median(e2e_runs) / np.median(pure_runs)),
+            "pairs": [e / p for p, e in zip(pure_runs, e2e_runs)],
+            "e2e_by_models": {1: float(np.median(e2e_runs))}}
+
+
+def render_ratio(r: dict) -> str:
+    a, inter = r["args"], r["interleaved"]
+    return "\n".join([
+        f"model {a['model']}, {a['n']} images of {a['size']}², {r['machine']['cpu']}, {r['machine']['cores']} cores, "
+        f"{r['machine']['date']}",
+        f"interleaved runs, 1 model, worker configuration: pure " + ", ".join(f"{v:.1f}" for v in inter["pure"])
+        + " images/s; end to end " + ", ".join(f"{v:.1f}" for v in inter["e2e"]) + " events/s",
+        "pairs (end to end / pure): " + ", ".join(f"{v:.2f}" for v in r["pairs"]),
+        f"end-to-end / pure scoring (medians): {r['e2e_over_pure']:.2f}"])
 
 
 def render(r: dict) -> str:

@@ -1,0 +1,34 @@
+"""bench/gpu.sh, the GPU-ready check, dry-run on the CPU at a small size, so that the script a
+GPU day depends on cannot rot: it runs unattended, scores the SDXL-VAE architecture in fp32 and
+bf16 through the real core, and writes its JSON where $OUT says."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_gpu_check_dry_runs_on_the_cpu_and_writes_its_figures(tmp_path):
+    env = {**os.environ, "PYTHON": sys.executable, "OUT": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(["bash", "bench/gpu.sh", "--device", "cpu", "--size", "32", "--batches", "1", "2",
+                           "--iters", "1", "--compare", "2"], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((tmp_path / "gpu.json").read_text())
+    assert result["device"] == "cpu" and result["size"] == 32
+    assert result["parameters"] > 50_000_000  # the SDXL VAE's architecture, not a toy
+    for label in ("fp32", "bf16"):
+        for batch in (1, 2):
+            run = result["runs"][f"{label}/{batch}"]
+            assert run["images_per_s"] > 0 and run["tflops"] > 0
+            assert run["peak_share"] is None  # no peak is known for a CPU
+        assert result["runs"][f"{label}/gflop_per_image"] > 0
+    errors = result["bf16_vs_fp32_max_relative_error"]
+    assert set(errors) == {"loss1", "loss2", "ratio", "score"}
+    assert all(0 <= e < 0.5 for e in errors.values()), errors
+    assert "| fp32 | 2 |" in done.stdout and "| bf16 | 2 |" in done.stdout

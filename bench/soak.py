@@ -46,7 +46,7 @@ from worker.kafka_io import LocalBroker, ensure_topics  # noqa: E402
 from worker.config import KafkaSettings  # noqa: E402
 
 COLUMNS = ["t_s", "rss_mb", "fds", "threads", "produced", "stored", "backlog", "lag_gauge", "n",
-           "p50_s", "p95_s", "p99_s", "max_s"]
+           "p50_s", "p95_s", "p99_s", "max_s", "worker_cpu_s", "broker_cpu_s", "broker_rss_mb"]
 
 
 def commit() -> str:
@@ -68,6 +68,14 @@ def process_stats(pid: int) -> tuple[float, int, int]:
     status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
     rss_mb = int(status["VmRSS"].split()[0]) / 1024
     return rss_mb, len(os.listdir(f"/proc/{pid}/fd")), int(status["Threads"])
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used (Linux /proc). With the worker's, the
+    broker's tells whether the pinned cores, not the worker, set the latency: Tansu keeps every
+    record in memory, so its cost grows over a long run."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def lag_gauge(port: int) -> float | None:
@@ -191,8 +199,17 @@ def summarise(rows: list[dict], warmup_s: float) -> dict:
             out["quarters"].append({"from_s": part[0]["t_s"], "to_s": part[-1]["t_s"],
                                     "median_p50_s": float(np.median(p50s)) if p50s else None,
                                     "median_p99_s": float(np.median(p99s)) if p99s else None,
-                                    "max_p99_s": float(max(p99s)) if p99s else None})
+                                    "max_p99_s": float(max(p99s)) if p99s else None,
+                                    **cores_used(part)})
     return out
+
+
+def cores_used(part: list[dict]) -> dict:
+    """The worker's and the broker's CPU, in cores, over these samples (when they were recorded)."""
+    if len(part) < 2 or part[0].get("worker_cpu_s") in (None, ""):
+        return {}
+    span = part[-1]["t_s"] - part[0]["t_s"]
+    return {f"{who}_cores": (part[-1][f"{who}_cpu_s"] - part[0][f"{who}_cpu_s"]) / span for who in ("worker", "broker")}
 
 
 def plot(rows: list[dict], warmup_s: float, path: Path) -> None:
@@ -249,9 +266,14 @@ def render(summary: dict, command: str) -> str:
         "| minutes | median p50 (s) | median p99 (s) | worst p99 (s) |",
         "|---|---:|---:|---:|",
     ]
+    cores = all("worker_cores" in q for q in summary["quarters"])
+    if cores:
+        lines[-2] += " worker, cores | broker, cores |"
+        lines[-1] += "---:|---:|"
     for q in summary["quarters"]:
         lines.append(f"| {q['from_s'] / 60:.0f}–{q['to_s'] / 60:.0f} | {q['median_p50_s']:.3f} | "
-                     f"{q['median_p99_s']:.3f} | {q['max_p99_s']:.3f} |")
+                     f"{q['median_p99_s']:.3f} | {q['max_p99_s']:.3f} |"
+                     + (f" {q['worker_cores']:.2f} | {q['broker_cores']:.2f} |" if cores else ""))
     return "\n".join(lines)
 
 
@@ -335,12 +357,16 @@ def main() -> int:
                 sent = producer.take([r["event_id"] for r in fresh])
                 latencies = [r["scored_at"].timestamp() - sent[r["event_id"]] for r in fresh if r["event_id"] in sent]
                 rss, fds, threads = process_stats(serve.proc.pid)
+                broker_pid = broker._process.pid  # noqa: SLF001 (the harness's own broker)
+                broker_rss = process_stats(broker_pid)[0]
                 gauge = lag_gauge(serve.metrics_port)
                 row = {"t_s": round(time.monotonic() - started, 1), "rss_mb": round(rss, 1), "fds": fds,
                        "threads": threads, "produced": producer.count, "stored": stored,
                        "backlog": producer.count - stored, "lag_gauge": "" if gauge is None else gauge,
                        "n": len(latencies), **{k: "" if v is None else round(v, 4) for k, v in
-                                                zip(("p50_s", "p95_s", "p99_s", "max_s"), quantiles(latencies))}}
+                                                zip(("p50_s", "p95_s", "p99_s", "max_s"), quantiles(latencies))},
+                       "worker_cpu_s": round(cpu_seconds(serve.proc.pid), 1),
+                       "broker_cpu_s": round(cpu_seconds(broker_pid), 1), "broker_rss_mb": round(broker_rss, 1)}
                 rows.append(row)
                 writer.writerow(row)
                 f.flush()

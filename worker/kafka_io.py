@@ -451,9 +451,15 @@ def _reaching(settings: KafkaSettings, role: str, connect: Callable[[], Any]) ->
         if failure.last:
             last = re.sub(r"^(Bootstrap connection to \S+ failed|Connection failed): ", "", failure.last)
             cause = "; last failure: " + re.sub(r" \(backoff [0-9.]+ secs\)$", "", last)[:300]
+        hint = ""
+        if (settings.security_protocol in ("SSL", "SASL_SSL") and not settings.ssl_certfile
+                and "EOF occurred in violation of protocol" in cause):
+            # TLS 1.3: a server that wants a client certificate may close the connection before
+            # its CERTIFICATE_REQUIRED alert is read; all the client sees is an EOF.
+            hint = " (the broker closed the TLS connection: does it require a client certificate? kafka.ssl_certfile)"
         raise ServiceUnavailable(f"Kafka at {settings.bootstrap_servers} cannot be used by the {role} "
                                  f"({settings.security_protocol}) within kafka.connect_timeout_ms="
-                                 f"{settings.connect_timeout_ms}: {text[:200]}{cause}") from None
+                                 f"{settings.connect_timeout_ms}: {text[:200]}{cause}{hint}") from None
     finally:
         kafka_log.removeHandler(failure)
         kafka_log.propagate = propagate

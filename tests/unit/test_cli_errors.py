@@ -109,7 +109,8 @@ def test_an_unreadable_directory_is_an_error_and_the_rest_is_scored(model_dir, t
 def test_serve_with_an_unreachable_broker_exits_3_in_one_line(tmp_path):
     config = tmp_path / "w.toml"
     config.write_text(
-        f'[kafka]\nbootstrap_servers = "127.0.0.1:{free_port()}"\n[database]\nurl = "sqlite:///{tmp_path}/a.db"\n'
+        f'[kafka]\nbootstrap_servers = "127.0.0.1:{free_port()}"\nconnect_timeout_ms = 3000\n'
+        f'[database]\nurl = "sqlite:///{tmp_path}/a.db"\n'
         f'[metrics]\nhost = "127.0.0.1"\nport = 0\n[scoring]\ndevice = "cpu"\n'
         f'[[watchlist]]\nname = "kl"\nmodel = "{ZOO_MODEL}"\ncalibration = "{ZOO_CALIBRATION}"\n')
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -120,3 +121,4 @@ def test_serve_with_an_unreachable_broker_exits_3_in_one_line(tmp_path):
     errors = [line for line in out.stderr.splitlines() if line.startswith("aedr: error:")]
     assert out.returncode == 3, out.stderr
     assert len(errors) == 1 and "cannot be used" in errors[0] and "Traceback" not in out.stderr
+    assert "connect_timeout_ms=3000" in errors[0]

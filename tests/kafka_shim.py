@@ -29,6 +29,8 @@ import struct
 import threading
 from collections import Counter
 
+from tests.integration.proxy import listen
+
 API_VERSIONS = 18
 PRODUCE = 0
 SASL_HANDSHAKE = 17
@@ -145,10 +147,7 @@ class KafkaShim:
         self._listener: socket.socket | None = None
 
     def start(self) -> "KafkaShim":
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self.port))
-        listener.listen(64)
+        listener = listen(self.port)
         self.port = listener.getsockname()[1]
         self._listener = listener
         threading.Thread(target=self._accept, daemon=True).start()

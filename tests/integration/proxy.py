@@ -13,6 +13,16 @@ import threading
 import time
 
 
+def listen(port: int = 0) -> socket.socket:
+    """A listening socket on 127.0.0.1:`port` (0: a free one), for the test servers here and in
+    tests/kafka_shim.py."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", port))
+    listener.listen(64)
+    return listener
+
+
 class CuttableProxy:
     def __init__(self, target: tuple[str, int], port: int = 0, delay_s: float = 0.0):
         self.target = target
@@ -23,10 +33,7 @@ class CuttableProxy:
         self._lock = threading.Lock()
 
     def start(self) -> "CuttableProxy":
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self.port))
-        listener.listen(64)
+        listener = listen(self.port)
         self.port = listener.getsockname()[1]
         self._listener = listener
         threading.Thread(target=self._accept, args=(listener,), daemon=True).start()

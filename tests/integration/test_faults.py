@@ -44,7 +44,7 @@ def scrape(port: int) -> str:
 
 
 def test_kill9_at_random_points(broker, pg_url, tmp_path):
-    trials = int(os.environ.get("AEDR_KILL_TRIALS", "10"))
+    trials = int(os.environ.get("AEDR_KILL_TRIALS", "6"))
     rng = random.Random(SEED)
     print(f"kill -9 at random points: seed {SEED}, {trials} trials")
     corpus = make_corpus(MODELS, per_model=15 * trials, real=10 * trials, seed=SEED % 1000, with_broken=True)

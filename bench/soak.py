@@ -277,6 +277,21 @@ def render(summary: dict, command: str) -> str:
     return "\n".join(lines)
 
 
+def side_table(path: Path) -> str:
+    """Quarters of a side log (lines `epoch_s worker_cpu_s broker_cpu_s broker_rss_mb`, sampled
+    beside a run made before soak.py recorded these columns): cores each process used, and the
+    broker's memory."""
+    rows = [[float(v) for v in line.split()] for line in path.read_text().splitlines()
+            if line.strip() and not line.startswith("#")]
+    lines = ["| minutes of the side log | worker, cores | broker, cores | broker RSS (MB) |", "|---|---:|---:|---:|"]
+    for part in np.array_split(np.arange(len(rows)), 4):
+        a, b = rows[part[0]], rows[part[-1]]
+        span = b[0] - a[0]
+        lines.append(f"| {(a[0] - rows[0][0]) / 60:.0f}–{(b[0] - rows[0][0]) / 60:.0f} | {(b[1] - a[1]) / span:.2f} | "
+                     f"{(b[2] - a[2]) / span:.2f} | {a[3]:.0f} → {b[3]:.0f} |")
+    return "\n".join(lines)
+
+
 def write_into(doc: Path, text: str) -> None:
     import re
 
@@ -294,6 +309,7 @@ def main() -> int:
                         help="no run: write an earlier run's summary into --doc (or print it)")
     parser.add_argument("--doc", type=Path, help="with --render: the Markdown file to write into")
     parser.add_argument("--command", default="", help="with --render: the command that made the run")
+    parser.add_argument("--side", type=Path, help="no run: print the quarters of a side log of CPU and memory")
     parser.add_argument("--model", default="kl-f4c4")
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--duration-s", type=float, default=7200)
@@ -305,6 +321,9 @@ def main() -> int:
     parser.add_argument("--cpus", help="cores for the whole stack, e.g. 1 or 0-1")
     parser.add_argument("--out-dir", default="bench/soak")
     args = parser.parse_args()
+    if args.side:
+        print(side_table(args.side))
+        return 0
     if args.render:
         text = render(json.loads(args.render.read_text()), args.command or "bench/soak.py")
         if args.doc:

@@ -107,6 +107,7 @@ class Stack:
 
     def __init__(self, workdir: Path):
         self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
         self._exit = contextlib.ExitStack()
         self.broker = self._exit.enter_context(LocalBroker(log_path=workdir / "broker.log"))
         self.db_url = self._exit.enter_context(postgres_database(PG_SERVER, "aedr_bench"))
@@ -281,11 +282,7 @@ def main() -> None:
     budget = pixel_budget(model.device)
     if args.only_ratio:
         with tempfile.TemporaryDirectory() as tmp:
-            stack = Stack(Path(tmp))
-            try:
-                results.update(interleaved(stack, model, args.model, images, args.worker_batch, budget, args.repeats))
-            finally:
-                stack.close()
+            results.update(interleaved(Path(tmp), model, args.model, images, args.worker_batch, budget, args.repeats))
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(results, indent=2, default=str) + "\n")
         print(render_ratio(results))
@@ -317,7 +314,8 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             stack = Stack(Path(tmp))
             try:
-                results.update(interleaved(stack, model, args.model, images, args.worker_batch, budget, args.repeats))
+                results.update(interleaved(Path(tmp), model, args.model, images, args.worker_batch, budget,
+                                           args.repeats))
                 for k, names in list(watch.items())[1:]:
                     log(f"end to end, {k} model(s) …")
                     results["e2e_by_models"][k] = e2e_throughput(stack, images, names, args.worker_batch)
@@ -335,14 +333,20 @@ def main() -> None:
     print(render(results))
 
 
-def interleaved(stack: "Stack", model, name: str, images, worker_batch: int, budget: int, repeats: int) -> dict:
+def interleaved(workdir: Path, model, name: str, images, worker_batch: int, budget: int, repeats: int) -> dict:
     """The headline ratio: this machine's speed drifts by ±15 % between minutes, so pure scoring
-    and end-to-end runs (1 model) are interleaved and their medians compared."""
+    and end-to-end runs (1 model) are interleaved and their medians compared. Each end-to-end run
+    gets a fresh broker and database: the test broker keeps every record in memory and costs
+    more as it holds more, which would slow each run more than the one before."""
     pure_runs, e2e_runs = [], []
     for i in range(repeats):
         log(f"interleaved run {i + 1}/{repeats} …")
         pure_runs.append(pure_throughput(model, images, worker_batch, budget, repeat=1))
-        e2e_runs.append(e2e_throughput(stack, images, [name], worker_batch))
+        stack = Stack(workdir / f"run-{i}")
+        try:
+            e2e_runs.append(e2e_throughput(stack, images, [name], worker_batch))
+        finally:
+            stack.close()
     return {"interleaved": {"pure": pure_runs, "e2e": e2e_runs},
             "e2e_over_pure": float(np.median(e2e_runs) / np.median(pure_runs)),
             "pairs": [e / p for p, e in zip(pure_runs, e2e_runs)],

@@ -41,6 +41,7 @@ sys.path.insert(0, str(REPO))
 
 from bench.bench import PG_SERVER, machine, make_images, steady_rate  # noqa: E402
 from worker.corpus import png_bytes  # noqa: E402
+from worker.doc_sections import write_section  # noqa: E402
 from worker.harness import ServeLauncher, postgres_database  # noqa: E402
 from worker.kafka_io import LocalBroker, ensure_topics  # noqa: E402
 from worker.config import KafkaSettings  # noqa: E402
@@ -292,17 +293,6 @@ def side_table(path: Path) -> str:
     return "\n".join(lines)
 
 
-def write_into(doc: Path, text: str) -> None:
-    import re
-
-    begin, end = "<!-- BEGIN soak -->", "<!-- END soak -->"
-    body = doc.read_text()
-    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
-    if not pattern.search(body):
-        raise SystemExit(f"soak: {doc} has no {begin} … {end} section")
-    doc.write_text(pattern.sub(lambda _: f"{begin}\n{text}\n{end}", body, count=1))
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--render", type=Path, metavar="SUMMARY_JSON",
@@ -327,7 +317,10 @@ def main() -> int:
     if args.render:
         text = render(json.loads(args.render.read_text()), args.command or "bench/soak.py")
         if args.doc:
-            write_into(args.doc, text)
+            try:
+                write_section(args.doc, "soak", text)
+            except ValueError as exc:
+                raise SystemExit(f"soak: {exc}") from None
         else:
             print(text)
         return 0

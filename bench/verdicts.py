@@ -139,14 +139,9 @@ def section(doc: Path | None, lines: list[str]) -> None:
     print("\n".join(lines))
     if doc is None:
         return
-    text = doc.read_text()
-    begin, end = "<!-- BEGIN verdicts:cost -->", "<!-- END verdicts:cost -->"
-    body = begin + "\n" + "\n".join(lines) + "\n" + end
-    if begin in text and end in text:
-        text = text[: text.index(begin)] + body + text[text.index(end) + len(end):]
-    else:
-        text = text.rstrip("\n") + f"\n\n{body}\n"
-    doc.write_text(text)
+    from worker.doc_sections import write_section
+
+    write_section(doc, "verdicts:cost", "\n".join(lines), create=True)
 
 
 def main() -> int:

@@ -16,8 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from worker.doc_sections import write_section  # noqa: E402
 
 COLUMNS = [
     ("trials", "trials"),
@@ -35,7 +39,6 @@ COLUMNS = [
 # Keys that are in the first table, or say nothing a reader needs (the bookkeeping of `delivery`).
 COMMON = {key for key, _ in COLUMNS} | {"fault", "alerts_published", "alerts_distinct", "dead_letters_published",
                                         "dead_letters_distinct", "alerts_missing", "seed"}
-BEGIN, END = "<!-- BEGIN reliability -->", "<!-- END reliability -->"
 
 
 def cell(row: dict, key: str) -> str:
@@ -69,14 +72,6 @@ def tables(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_into(doc: Path, text: str) -> None:
-    body = doc.read_text()
-    pattern = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END), re.S)
-    if not pattern.search(body):
-        raise SystemExit(f"reliability_table: {doc} has no {BEGIN} … {END} section")
-    doc.write_text(pattern.sub(lambda _: f"{BEGIN}\n{text}\n{END}", body, count=1))
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("report", help="the JSON lines the tests wrote")
@@ -85,7 +80,10 @@ def main(argv: list[str] | None = None) -> None:
     rows = [json.loads(line) for line in open(args.report) if line.strip()]
     text = tables(rows)
     if args.doc:
-        write_into(args.doc, text)
+        try:
+            write_section(args.doc, "reliability", text)
+        except ValueError as exc:
+            raise SystemExit(f"reliability_table: {exc}") from None
     else:
         print(text)
 

@@ -43,6 +43,7 @@ sys.path.insert(0, str(REPO))
 
 from worker.calibration import Calibration, kde_threshold, watchlist_thresholds  # noqa: E402
 from worker.decision import decide  # noqa: E402
+from worker.doc_sections import write_section  # noqa: E402
 from worker.evaluate import NONE, report  # noqa: E402
 from worker.images import decode_image  # noqa: E402
 from worker.methods import FUSED_FEATURES, Method, fit_fused  # noqa: E402
@@ -454,16 +455,9 @@ def write_blocks(doc: Path, blocks: dict[str, list[str]]) -> None:
 
 
 def _write_blocks(doc: Path, blocks: dict[str, list[str]]) -> None:
-    text = doc.read_text() if doc.exists() else ""
     for name, lines in blocks.items():
-        begin, end = f"<!-- BEGIN verdicts:{name} -->", f"<!-- END verdicts:{name} -->"
-        body = begin + "\n" + "\n".join(lines) + "\n" + end
-        if begin in text and end in text:
-            text = text[: text.index(begin)] + body + text[text.index(end) + len(end):]
-        else:
-            text = text.rstrip("\n") + f"\n\n{body}\n"
+        write_section(doc, f"verdicts:{name}", "\n".join(lines), create=True)
         print("\n".join(lines) + "\n")
-    doc.write_text(text)
 
 
 if __name__ == "__main__":

@@ -353,15 +353,19 @@ def interleaved(workdir: Path, model, name: str, images, worker_batch: int, budg
             "e2e_by_models": {1: float(np.median(e2e_runs))}}
 
 
+def ratio_lines(r: dict) -> list[str]:
+    """The headline ratio's lines (`interleaved`), in the full report and with --only-ratio."""
+    inter = r["interleaved"]
+    return ["interleaved runs, 1 model, worker configuration: pure " + ", ".join(f"{v:.1f}" for v in inter["pure"])
+            + " images/s; end to end " + ", ".join(f"{v:.1f}" for v in inter["e2e"]) + " events/s",
+            "pairs (end to end / pure): " + ", ".join(f"{v:.2f}" for v in r["pairs"]),
+            f"end-to-end / pure scoring (medians): {r['e2e_over_pure']:.2f}"]
+
+
 def render_ratio(r: dict) -> str:
-    a, inter = r["args"], r["interleaved"]
-    return "\n".join([
-        f"model {a['model']}, {a['n']} images of {a['size']}², {r['machine']['cpu']}, {r['machine']['cores']} cores, "
-        f"{r['machine']['date']}",
-        f"interleaved runs, 1 model, worker configuration: pure " + ", ".join(f"{v:.1f}" for v in inter["pure"])
-        + " images/s; end to end " + ", ".join(f"{v:.1f}" for v in inter["e2e"]) + " events/s",
-        "pairs (end to end / pure): " + ", ".join(f"{v:.2f}" for v in r["pairs"]),
-        f"end-to-end / pure scoring (medians): {r['e2e_over_pure']:.2f}"])
+    a = r["args"]
+    return "\n".join([f"model {a['model']}, {a['n']} images of {a['size']}², {r['machine']['cpu']}, "
+                      f"{r['machine']['cores']} cores, {r['machine']['date']}", *ratio_lines(r)])
 
 
 def render(r: dict) -> str:
@@ -379,10 +383,7 @@ def render(r: dict) -> str:
         out.append(f"| {k} | {v:.1f} | {e2e:.1f} |" if e2e else f"| {k} | {v:.1f} | – |")
     if "e2e_over_pure" in r:
         lat = r["latency"]
-        inter = r["interleaved"]
-        out += ["", "interleaved runs, 1 model, worker configuration: pure " + ", ".join(f"{v:.1f}" for v in inter["pure"])
-                + " images/s; end to end " + ", ".join(f"{v:.1f}" for v in inter["e2e"]) + " events/s",
-                f"end-to-end / pure scoring (medians): {r['e2e_over_pure']:.2f}",
+        out += ["", *ratio_lines(r),
                 f"two workers × 1 thread on 2 partitions: {r['e2e_two_workers']:.1f} events/s; "
                 f"one worker × 2 threads on the same 2 partitions: {r['e2e_one_worker_two_partitions']:.1f} events/s",
                 f"latency (produce → scored) at {lat['offered_events_per_s']:.1f} events/s offered: "

@@ -369,7 +369,7 @@ def main() -> int:
                 sent = producer.take([r["event_id"] for r in fresh])
                 latencies = [r["scored_at"].timestamp() - sent[r["event_id"]] for r in fresh if r["event_id"] in sent]
                 rss, fds, threads = process_stats(serve.proc.pid)
-                broker_pid = broker._process.pid  # noqa: SLF001 (the harness's own broker)
+                broker_pid = broker.pid
                 broker_rss = process_stats(broker_pid)[0]
                 gauge = lag_gauge(serve.metrics_port)
                 row = {"t_s": round(time.monotonic() - started, 1), "rss_mb": round(rss, 1), "fds": fds,

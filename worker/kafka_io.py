@@ -517,6 +517,11 @@ class LocalBroker:
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def pid(self) -> int | None:
+        """The broker process (None when not running): benchmarks sample its CPU and memory."""
+        return self._process.pid if self._process else None
+
     def start(self, timeout_s: float = 10.0) -> "LocalBroker":
         self.port = self.port or free_port()
         url = f"tcp://127.0.0.1:{self.port}"

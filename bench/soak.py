@@ -244,7 +244,7 @@ def render(summary: dict, command: str) -> str:
     m = summary["machine"]
     lines = [
         f"Made with `{command}` (commit {summary.get('commit', '?')}, finished {summary['finished']}; "
-        f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores, the stack pinned to cores `{summary['cpus']}`).",
+        f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores, {pinning(summary)}).",
         "",
         f"Model `{summary['model']}`, {summary['size']}×{summary['size']} PNG uploads. Capacity on a backlog: "
         f"{summary['capacity_events_per_s']:.1f} events/s; offered at a constant "
@@ -278,6 +278,12 @@ def render(summary: dict, command: str) -> str:
     return "\n".join(lines)
 
 
+def pinning(summary: dict) -> str:
+    if summary.get("broker_cpus"):
+        return f"the worker and producer pinned to cores `{summary['cpus']}`, the broker to `{summary['broker_cpus']}`"
+    return f"the stack pinned to cores `{summary['cpus']}`"
+
+
 def side_table(path: Path) -> str:
     """Quarters of a side log (lines `epoch_s worker_cpu_s broker_cpu_s broker_rss_mb`, sampled
     beside a run made before soak.py recorded these columns): cores each process used, and the
@@ -291,6 +297,11 @@ def side_table(path: Path) -> str:
         lines.append(f"| {(a[0] - rows[0][0]) / 60:.0f}–{(b[0] - rows[0][0]) / 60:.0f} | {(b[1] - a[1]) / span:.2f} | "
                      f"{(b[2] - a[2]) / span:.2f} | {a[3]:.0f} → {b[3]:.0f} |")
     return "\n".join(lines)
+
+
+def core_set(spec: str) -> set[int]:
+    """Cores from a list such as `0`, `0-1` or `0,2-3`."""
+    return {c for part in spec.split(",") for c in range(int(part.split("-")[0]), int(part.split("-")[-1]) + 1)}
 
 
 def main() -> int:
@@ -309,6 +320,9 @@ def main() -> int:
     parser.add_argument("--sample-s", type=float, default=30)
     parser.add_argument("--warmup-s", type=float, default=900)
     parser.add_argument("--cpus", help="cores for the whole stack, e.g. 1 or 0-1")
+    parser.add_argument("--broker-cpus", help="other cores for the broker alone (with --cpus): Tansu keeps every "
+                        "record in memory and its cost grows over hours; on its own cores it does not take the "
+                        "worker's CPU")
     parser.add_argument("--out-dir", default="bench/soak")
     args = parser.parse_args()
     if args.side:
@@ -325,14 +339,14 @@ def main() -> int:
             print(text)
         return 0
     if args.cpus:
-        cores = {int(c) for part in args.cpus.split(",") for c in
-                 (range(int(part.split("-")[0]), int(part.split("-")[-1]) + 1))}
-        os.sched_setaffinity(0, cores)  # the broker and the worker inherit it
+        os.sched_setaffinity(0, core_set(args.cpus))  # the broker and the worker inherit it
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     pngs = [png_bytes(im) for im in make_images(args.model, 256, args.size)]
     with ExitStack() as stack, tempfile.TemporaryDirectory() as tmp:
         broker = stack.enter_context(LocalBroker(log_path=Path(tmp) / "broker.log"))
+        if args.broker_cpus:
+            os.sched_setaffinity(broker.pid, core_set(args.broker_cpus))
         db_url = stack.enter_context(postgres_database(PG_SERVER, "aedr_soak"))
         from worker.storage import SqlStore
 
@@ -387,7 +401,8 @@ def main() -> int:
         producer.join(30)
     summary = {"machine": machine(), "model": args.model, "size": args.size, "duration_s": args.duration_s,
                "capacity_events_per_s": rate_max, "offered_events_per_s": rate, "fraction": args.fraction,
-               "warmup_s": args.warmup_s, "cpus": args.cpus, **summarise(rows, args.warmup_s),
+               "warmup_s": args.warmup_s, "cpus": args.cpus, "broker_cpus": args.broker_cpus,
+               **summarise(rows, args.warmup_s),
                "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "commit": commit()}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot(rows, args.warmup_s, out_dir / "soak.png")

@@ -342,6 +342,7 @@ def main() -> int:
         os.sched_setaffinity(0, core_set(args.cpus))  # the broker and the worker inherit it
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    made_at = commit()  # now: the tree may change during a run of hours, the running worker does not
     pngs = [png_bytes(im) for im in make_images(args.model, 256, args.size)]
     with ExitStack() as stack, tempfile.TemporaryDirectory() as tmp:
         broker = stack.enter_context(LocalBroker(log_path=Path(tmp) / "broker.log"))
@@ -403,7 +404,7 @@ def main() -> int:
                "capacity_events_per_s": rate_max, "offered_events_per_s": rate, "fraction": args.fraction,
                "warmup_s": args.warmup_s, "cpus": args.cpus, "broker_cpus": args.broker_cpus,
                **summarise(rows, args.warmup_s),
-               "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "commit": commit()}
+               "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "commit": made_at}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot(rows, args.warmup_s, out_dir / "soak.png")
     print(json.dumps(summary, indent=2))

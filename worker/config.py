@@ -17,6 +17,7 @@ from typing import Any, Mapping
 
 from .errors import AedrError
 from .provenance.settings import ProvenanceSettings
+from .overlap import STORE_BESIDE_MODES
 
 ENV_PREFIX = "AEDR_"
 # The autoencoder families a watchlist entry's `kind` may name: the kinds of worker.models.FAMILIES,
@@ -136,9 +137,12 @@ class BatchSettings:
     max_wait_ms: int = 50
     max_buffered: int = 64  # partitions are paused while this many events wait
     prepare_threads: int = -1  # fetch/decode/GLCM threads; 0 = on the scoring thread; -1 = auto (0 on CPU, 4 on CUDA)
-    # Batches in flight per scorer. 1: score, then store and commit, with nothing running beside
-    # the model; 2: store and commit one batch while the next is scored. -1 = auto (1 on CPU, 2 on CUDA).
+    # Batches in flight per scorer. 1: the loop waits while a batch is scored; 2: it polls,
+    # prepares and completes beside the device. -1 = auto (1 on CPU, 2 on CUDA).
     inflight: int = -1
+    # On a CPU (inflight = 1), whether a scored batch is stored and published beside the next
+    # batch's scoring: auto | always | never (worker.overlap; auto: only when storing is slow).
+    store_beside: str = "auto"
 
     def resolved(self, on_gpu: bool) -> "BatchSettings":
         """The automatic values made concrete. A GPU computes while the CPU prepares, stores and
@@ -388,6 +392,9 @@ def _check_ranges(settings: Settings) -> None:
             raise ConfigError(f"{section}.{key} must be ≥ {minimum}, got {value}")
     if settings.batch.max_buffered < settings.batch.max_size:
         raise ConfigError("batch.max_buffered must be ≥ batch.max_size")
+    if settings.batch.store_beside not in STORE_BESIDE_MODES:
+        raise ConfigError(f"batch.store_beside must be one of {', '.join(STORE_BESIDE_MODES)}, "
+                          f"got {settings.batch.store_beside!r}")
     if settings.guard.dead_letter_fraction > 1:
         raise ConfigError(f"guard.dead_letter_fraction must be ≤ 1, got {settings.guard.dead_letter_fraction}")
     if settings.metrics.port > 65535:

@@ -15,7 +15,8 @@ What the loop owns:
 - overlap: on a GPU (`batch.inflight = 2`) a second batch is queued per scorer and the loop
   keeps polling and completing beside the device. On a CPU (`inflight = 1`) the loop waits
   while a batch is scored: torch's threads fill the cores, and anything running beside them
-  slows them more than it saves (docs/PERFORMANCE.md);
+  slows them more than it saves (docs/PERFORMANCE.md). A batch is stored beside the next one's
+  scoring only when storing is slow (`batch.store_beside`, worker.overlap);
 - a scorer that cannot score at all (`ScoringUnavailable`: a lost device, broken weights) is
   our fault, not the events': the batch is retried with backoff, nothing is dead-lettered or
   committed, and readiness fails meanwhile. So is a burst of dead letters when the optional
@@ -51,6 +52,7 @@ from .lag import LagMonitor
 from .reload import Reloader
 from .messages import Consumer, Partition, UndecodableRecords
 from .metrics import Metrics
+from .overlap import StoreOverlap
 from .outcomes import Publishing, build
 from .scoring_pool import ScoredBatch, ScoringPool, ScoringUnavailable, Work
 
@@ -65,6 +67,7 @@ class InFlight:
     scored: Future | None  # Future[ScoredBatch]; None while waiting to be scored again
     completing: Completing | None = None
     finishing: Future | None = None  # Future[bool]: its store and publish, on the completion thread
+    finishing_since: float = 0.0  # clock monotonic when its store began
     attempts: int = 0  # times the models were unavailable for it
     retry_at: float = 0.0
 
@@ -119,6 +122,7 @@ class Worker:
         # inflight = 1 (a CPU): while a batch is scored the loop waits on it instead of polling;
         # 2 (a GPU): the CPU polls, prepares and completes beside the device.
         self._serial = batch.inflight == 1
+        self._overlap = StoreOverlap(batch.store_beside)  # on a CPU: store beside the scoring, or between?
         self._max_inflight = batch.inflight * scoring.size
         metrics.batch_max_size.set(batch.max_size)
 
@@ -294,9 +298,11 @@ class Worker:
             self._start_batch()
 
     def _scoring(self) -> int:
-        """Batches that hold a scorer: all in flight but a head that is being completed (its
-        store runs beside the next batch's scoring, so a slow database does not set the pace)."""
-        head_done = bool(self._inflight) and self._inflight[0].completing is not None
+        """Batches that hold a scorer: all in flight but a head that is being completed, when its
+        store runs beside the next batch's scoring (always on a GPU; on a CPU when storing is
+        slow, worker.overlap, so that a far database does not set the pace)."""
+        head_done = (bool(self._inflight) and self._inflight[0].completing is not None
+                     and (not self._serial or self._overlap.beside()))
         return len(self._inflight) - head_done
 
     def _pending(self) -> Future | None:
@@ -364,10 +370,12 @@ class Worker:
         if self._complete_executor is None:
             return self.completion.attempt(batch.completing)
         if batch.finishing is None:
+            batch.finishing_since = self.clock.monotonic()
             batch.finishing = self._complete_executor.submit(self.completion.finish, batch.completing)
         if not batch.finishing.done():
             return False
         finishing, batch.finishing = batch.finishing, None
+        self._overlap.stored(self.clock.monotonic() - batch.finishing_since)
         if not finishing.result():
             return False  # a retry after its backoff (batch.completing.retry_at)
         self.completion.settle(batch.completing)
@@ -412,3 +420,4 @@ class Worker:
                     self.metrics.stage.labels("provenance").observe(j.prepared.provenance.seconds)
         if scored.score_s:
             self.metrics.stage.labels("score").observe(scored.score_s)
+        self._overlap.scored(scored.score_s)

@@ -223,24 +223,35 @@ def test_unacknowledged_alerts_block_the_commit(watchlist, threaded):
     assert r.published("alerts")
 
 
-def test_the_next_batch_is_scored_while_the_head_is_stored_and_commits_stay_in_order(watchlist):
-    """A far database does not set the pace: the store of one batch runs beside the scoring of
-    the next, and offsets are still committed batch by batch, in order, after each store."""
+@pytest.mark.parametrize("store_beside, store_s, kinds", [
+    ("always", 0.0, ["score", "score", "store", "score", "store", "store"]),
+    ("never", 30.0, ["score", "store", "score", "store", "score", "store"]),
+    ("auto", 0.0, ["score", "store", "score", "store", "score", "store"]),  # a quick store: between batches
+    ("auto", 30.0, ["score", "store", "score", "score", "store", "store"]),  # a slow one: beside, once measured
+])
+def test_the_store_runs_beside_the_next_scoring_only_when_chosen_and_commits_stay_in_order(
+        watchlist, store_beside, store_s, kinds):
+    """A far database does not set the pace: once a store is seen to be slow, the store of one
+    batch runs beside the scoring of the next (worker.overlap). A quick one runs between
+    batches. Either way offsets are committed batch by batch, in order, after each store."""
     values = [event(f"e{i}", im) for i, im in enumerate(random_images(12, 32, 32, seed=21))]
     order = []
     store = MemoryStore()
     save, submit = store.save, None
+    clocks = []
 
     def logged_save(rows, *args, **kwargs):
         order.append(("store", [r.event_id for r in rows]))
+        clocks[0].advance(store_s)  # the database's round trips, on the worker's clock
         return save(rows, *args, **kwargs)
 
     store.save = logged_save
-    r = rig(watchlist, {0: values}, store=store, threaded=True, max_size=4, max_buffered=12)
+    r = rig(watchlist, {0: values}, store=store, threaded=True, max_size=4, max_buffered=12, store_beside=store_beside)
+    clocks.append(r.clock)
     submit = r.worker.scoring.submit
     r.worker.scoring.submit = lambda items: (order.append(("score", [w.message.offset for w in items])), submit(items))[1]
     r.step_until_committed(12)
-    assert [kind for kind, _ in order] == ["score", "score", "store", "score", "store", "store"]
+    assert [kind for kind, _ in order] == kinds
     assert [ids for kind, ids in order if kind == "store"] == [[f"e{i}" for i in range(k, k + 4)] for k in (0, 4, 8)]
     assert [c[P0] for c in r.consumer.commits] == [4, 8, 12]
 

@@ -14,6 +14,10 @@ Sections:
    pure scoring at the worker's batch size;
 4. latency per event (produce → scored) at an offered rate below capacity;
 5. scaling with 1, 2, 4 watchlist models, and two worker processes on two partitions.
+
+`--only-ratio` runs only the headline (interleaved pure and end-to-end runs); `--compare A B …`
+only interleaved end-to-end runs of several settings (e.g. `--compare batch.store_beside=always
+batch.store_beside=auto`), which is how a setting's default is chosen from measurements.
 """
 
 from __future__ import annotations
@@ -258,6 +262,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="interleaved pure/end-to-end runs for the headline ratio")
     parser.add_argument("--only-ratio", action="store_true",
                         help="only the headline: interleaved pure and end-to-end runs (1 model) and their ratio")
+    parser.add_argument("--compare", nargs="+", default=None, metavar="SETTINGS",
+                        help="only interleaved end-to-end runs (1 model), --repeats rounds, of these settings: "
+                             "each a comma-separated list of KEY=VALUE ([batch] keys, scoring.KEY), '' = defaults")
     parser.add_argument("--experiment", nargs="*", default=None, metavar="KEY=VALUE",
                         help="only run end to end (1 model) with these [batch] or scoring.* settings, e.g. prepare_threads=4")
     args = parser.parse_args()
@@ -277,6 +284,13 @@ def main() -> None:
                 stack.close()
         print(f"end to end with {args.experiment or 'defaults'}: {rate:.1f} events/s")
         print("worker time per stage over the whole run (s): " + ", ".join(f"{k} {v:.2f}" for k, v in stages.items()))
+        return
+    if args.compare is not None:
+        with tempfile.TemporaryDirectory() as tmp:
+            results["compare"] = compare(Path(tmp), args.model, images, args.worker_batch, args.compare, args.repeats)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(results, indent=2, default=str) + "\n")
+        print(render_compare(results))
         return
     model = load_autoencoder(str(zoo_model(args.model).path), device="cpu")
     budget = pixel_budget(model.device)
@@ -351,6 +365,34 @@ def interleaved(workdir: Path, model, name: str, images, worker_batch: int, budg
             "e2e_over_pure": float(np.median(e2e_runs) / np.median(pure_runs)),
             "pairs": [e / p for p, e in zip(pure_runs, e2e_runs)],
             "e2e_by_models": {1: float(np.median(e2e_runs))}}
+
+
+def compare(workdir: Path, name: str, images, worker_batch: int, arms: list[str], repeats: int) -> dict:
+    """End-to-end runs of several settings, interleaved (round after round, each run with a
+    fresh broker and database), so that the machine's drift falls on every setting alike."""
+    runs: dict[str, list[float]] = {arm: [] for arm in arms}
+    for i in range(repeats):
+        for j, arm in enumerate(arms):
+            log(f"round {i + 1}/{repeats}: {arm or 'defaults'} …")
+            stack = Stack(workdir / f"run-{i}-{j}")
+            try:
+                extra = tuple(item for item in arm.split(",") if item)
+                runs[arm].append(e2e_throughput(stack, images, [name], worker_batch, extra=extra))
+            finally:
+                stack.close()
+    return {arm: {"runs": v, "median": float(np.median(v))} for arm, v in runs.items()}
+
+
+def render_compare(r: dict) -> str:
+    a = r["args"]
+    first = next(iter(r["compare"].values()))["median"]
+    out = [f"model {a['model']}, {a['n']} images of {a['size']}², {r['machine']['cpu']}, {r['machine']['cores']} cores, "
+           f"{r['machine']['date']}; end to end, events/s, {a['repeats']} interleaved rounds", "",
+           "| settings | runs | median | median / first row's |", "|---|---|---:|---:|"]
+    for arm, v in r["compare"].items():
+        out.append(f"| {arm or 'defaults'} | {', '.join(f'{x:.1f}' for x in v['runs'])} | {v['median']:.1f} | "
+                   f"{v['median'] / first:.2f} |")
+    return "\n".join(out)
 
 
 def ratio_lines(r: dict) -> list[str]:

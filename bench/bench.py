@@ -27,6 +27,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import sys
 import tempfile
 import time
@@ -187,7 +188,6 @@ def stop(procs: list[ServeProcess]) -> None:
 
 def stage_seconds(port: int) -> dict[str, float]:
     """The worker's own time per stage so far (`aedr_stage_seconds_sum`), from /metrics."""
-    import re
     import urllib.request
 
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
@@ -264,7 +264,8 @@ def main() -> None:
                         help="only the headline: interleaved pure and end-to-end runs (1 model) and their ratio")
     parser.add_argument("--compare", nargs="+", default=None, metavar="SETTINGS",
                         help="only interleaved end-to-end runs (1 model), --repeats rounds, of these settings: "
-                             "each a comma-separated list of KEY=VALUE ([batch] keys, scoring.KEY), '' = defaults")
+                             "each a comma-separated list of KEY=VALUE ([batch] keys, scoring.KEY, or workers=N: "
+                             "N processes of one thread each), '' = defaults")
     parser.add_argument("--experiment", nargs="*", default=None, metavar="KEY=VALUE",
                         help="only run end to end (1 model) with these [batch] or scoring.* settings, e.g. prepare_threads=4")
     args = parser.parse_args()
@@ -376,8 +377,11 @@ def compare(workdir: Path, name: str, images, worker_batch: int, arms: list[str]
             log(f"round {i + 1}/{repeats}: {arm or 'defaults'} …")
             stack = Stack(workdir / f"run-{i}-{j}")
             try:
-                extra = tuple(item for item in arm.split(",") if item)
-                runs[arm].append(e2e_throughput(stack, images, [name], worker_batch, extra=extra))
+                items = [item for item in re.split(r",(?=[\w.]+=)", arm) if item]  # a value may hold commas
+                workers = [int(item.partition("=")[2]) for item in items if item.startswith("workers=")]
+                extra = tuple(item for item in items if not item.startswith("workers="))
+                runs[arm].append(e2e_throughput(stack, images, [name], worker_batch, workers=workers[-1] if workers else 1,
+                                                extra=extra))
             finally:
                 stack.close()
     return {arm: {"runs": v, "median": float(np.median(v))} for arm, v in runs.items()}

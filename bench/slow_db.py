@@ -1,7 +1,8 @@
 """Benchmark: end-to-end throughput with the database near and far.
 
 A slow database must not set the worker's pace (issue 19): the worker's store is one statement
-per batch and runs beside the scoring of the next batch. This script measures it. The worker
+per batch, and once it is seen to be slow it runs beside the scoring of the next batch
+(`batch.store_beside`, worker.overlap). This script measures it. The worker
 reaches Postgres through a loopback proxy (tests/integration/proxy.py) that forwards every chunk
 `--delay-ms` late in each direction, so each round trip takes 2 × delay longer, as to a database
 in another region; the same run without the proxy is the reference.

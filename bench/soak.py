@@ -304,6 +304,13 @@ def core_set(spec: str) -> set[int]:
     return {c for part in spec.split(",") for c in range(int(part.split("-")[0]), int(part.split("-")[-1]) + 1)}
 
 
+def pin_process(pid: int, cores: set[int]) -> None:
+    """Every thread of a running process to these cores: `sched_setaffinity(pid)` moves only
+    its main thread, and the broker's runtime threads already exist (Linux /proc)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        os.sched_setaffinity(int(task.name), cores)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--render", type=Path, metavar="SUMMARY_JSON",
@@ -347,7 +354,7 @@ def main() -> int:
     with ExitStack() as stack, tempfile.TemporaryDirectory() as tmp:
         broker = stack.enter_context(LocalBroker(log_path=Path(tmp) / "broker.log"))
         if args.broker_cpus:
-            os.sched_setaffinity(broker.pid, core_set(args.broker_cpus))
+            pin_process(broker.pid, core_set(args.broker_cpus))
         db_url = stack.enter_context(postgres_database(PG_SERVER, "aedr_soak"))
         from worker.storage import SqlStore
 

@@ -15,7 +15,8 @@ Sections:
 4. latency per event (produce → scored) at an offered rate below capacity;
 5. scaling with 1, 2, 4 watchlist models, and two worker processes on two partitions.
 
-`--only-ratio` runs only the headline (interleaved pure and end-to-end runs); `--compare A B …`
+`--only-ratio` runs only the headline (interleaved pure and end-to-end runs); `--by-models 1 2 4 8`
+the same for watchlists of several zoo models; `--compare A B …`
 only interleaved end-to-end runs of several settings (e.g. `--compare batch.store_beside=always
 batch.store_beside=auto`), which is how a setting's default is chosen from measurements.
 """
@@ -262,6 +263,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="interleaved pure/end-to-end runs for the headline ratio")
     parser.add_argument("--only-ratio", action="store_true",
                         help="only the headline: interleaved pure and end-to-end runs (1 model) and their ratio")
+    parser.add_argument("--by-models", nargs="*", type=int, default=None, metavar="K",
+                        help="only interleaved pure and end-to-end runs for watchlists of K zoo models "
+                             "(default 1 2 4 8), n/K images each (at least 6 batches), and their ratios")
     parser.add_argument("--compare", nargs="+", default=None, metavar="SETTINGS",
                         help="only interleaved end-to-end runs (1 model), --repeats rounds, of these settings: "
                              "each a comma-separated list of KEY=VALUE ([batch] keys, scoring.KEY, or workers=N: "
@@ -285,6 +289,15 @@ def main() -> None:
                 stack.close()
         print(f"end to end with {args.experiment or 'defaults'}: {rate:.1f} events/s")
         print("worker time per stage over the whole run (s): " + ", ".join(f"{k} {v:.2f}" for k, v in stages.items()))
+        return
+    if args.by_models is not None:
+        counts = args.by_models or list(MODEL_COUNTS)
+        with tempfile.TemporaryDirectory() as tmp:
+            results["by_models"] = by_models(Path(tmp), watch_sets(args.model, counts), images, args.worker_batch,
+                                             args.repeats)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(results, indent=2, default=str) + "\n")
+        print(render_by_models(results))
         return
     if args.compare is not None:
         with tempfile.TemporaryDirectory() as tmp:
@@ -366,6 +379,66 @@ def interleaved(workdir: Path, model, name: str, images, worker_batch: int, budg
             "e2e_over_pure": float(np.median(e2e_runs) / np.median(pure_runs)),
             "pairs": [e / p for p, e in zip(pure_runs, e2e_runs)],
             "e2e_by_models": {1: float(np.median(e2e_runs))}}
+
+
+MODEL_COUNTS = (1, 2, 4, 8)
+
+
+def watch_sets(first: str, counts) -> dict[int, list[str]]:
+    """Watchlists of k zoo models: `first`, then the zoo's others in catalogue order."""
+    names = [first] + [m.name for m in ZOO if m.name != first]
+    if max(counts) > len(names):
+        raise SystemExit(f"bench: the zoo has {len(names)} models, not {max(counts)}")
+    return {k: names[:k] for k in counts}
+
+
+def pure_watchlist(models: list, images, worker_batch: int, budget: int | None) -> float:
+    """Events/s of pure scoring through every model of a watchlist in turn, after a warm-up."""
+    for m in models:
+        score_images(m, images[:worker_batch], batch_size=worker_batch, max_pixels=budget)
+    started = time.perf_counter()
+    for m in models:
+        score_images(m, images, batch_size=worker_batch, max_pixels=budget)
+    return len(images) / (time.perf_counter() - started)
+
+
+def by_models(workdir: Path, sets: dict[int, list[str]], images, worker_batch: int, repeats: int) -> dict:
+    """For each watchlist size, pure scoring and the worker end to end, interleaved round after
+    round (each end-to-end run with a fresh broker and database). A watchlist of k models
+    scores n/k images (at least 6 batches), so that every size takes about as long."""
+    loaded = {name: load_autoencoder(str(zoo_model(name).path), device="cpu") for name in {n for v in sets.values() for n in v}}
+    budget = pixel_budget(next(iter(loaded.values())).device)
+    runs = {k: {"images": max(len(images) // k, 6 * worker_batch), "pure": [], "e2e": []} for k in sets}
+    for i in range(repeats):
+        for k, names in sets.items():
+            subset = images[: runs[k]["images"]]
+            log(f"round {i + 1}/{repeats}: {k} model(s), {len(subset)} images …")
+            runs[k]["pure"].append(pure_watchlist([loaded[n] for n in names], subset, worker_batch, budget))
+            stack = Stack(workdir / f"models-{k}-{i}")
+            try:
+                runs[k]["e2e"].append(e2e_throughput(stack, subset, names, worker_batch))
+            finally:
+                stack.close()
+    for k, v in runs.items():
+        v["models"] = sets[k]
+        v["e2e_over_pure"] = float(np.median(v["e2e"]) / np.median(v["pure"]))
+        v["pairs"] = [e / p for p, e in zip(v["pure"], v["e2e"])]
+    return runs
+
+
+def render_by_models(r: dict) -> str:
+    a = r["args"]
+    out = [f"model set from {a['model']}, images of {a['size']}², {r['machine']['cpu']}, {r['machine']['cores']} cores, "
+           f"{r['machine']['date']}; {a['repeats']} interleaved rounds", "",
+           "| watchlist models | images | pure scoring, events/s (runs) | end to end, events/s (runs) "
+           "| end to end / pure (medians) | pairs |",
+           "|---:|---:|---|---|---:|---|"]
+    for k, v in r["by_models"].items():
+        out.append(f"| {k} | {v['images']} | {', '.join(f'{x:.1f}' for x in v['pure'])} (median {np.median(v['pure']):.1f}) "
+                   f"| {', '.join(f'{x:.1f}' for x in v['e2e'])} (median {np.median(v['e2e']):.1f}) "
+                   f"| {v['e2e_over_pure']:.2f} | {min(v['pairs']):.2f}–{max(v['pairs']):.2f} |")
+    out += ["", "model sets: " + "; ".join(f"{k}: {', '.join(v['models'])}" for k, v in r["by_models"].items())]
+    return "\n".join(out)
 
 
 def compare(workdir: Path, name: str, images, worker_batch: int, arms: list[str], repeats: int) -> dict:

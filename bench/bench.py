@@ -29,6 +29,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import sys
 import tempfile
 import time
@@ -251,6 +252,55 @@ def machine() -> dict[str, str]:
             "python": platform.python_version(), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
 
 
+def commit() -> str:
+    """The checkout's commit (with `+` when it has uncommitted changes), or "?"."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "?"
+    return head + ("+" if dirty else "")
+
+
+def made_with(r: dict) -> str:
+    m = r["machine"]
+    return (f"Made with `.venv/bin/python {r.get('command', 'bench/bench.py')}` (commit {r.get('commit', '?')}; "
+            f"{m['cpu']}, {m['cores']} cores, torch {m['torch']}, {m['date']}):")
+
+
+def ratio_markdown(r: dict) -> str:
+    """The headline ratio as docs/PERFORMANCE.md shows it (section `bench:ratio`)."""
+    inter = r["interleaved"]
+    lines = [made_with(r), "", "| run | pure scoring, images/s | end to end, events/s | ratio |", "|---:|---:|---:|---:|"]
+    lines += [f"| {i} | {p:.1f} | {e:.1f} | {e / p:.2f} |" for i, (p, e) in enumerate(zip(inter["pure"], inter["e2e"]), 1)]
+    lines += [f"| **median** | **{np.median(inter['pure']):.1f}** | **{np.median(inter['e2e']):.1f}** | |", "",
+              f"**End-to-end / pure scoring = {r['e2e_over_pure']:.2f}** (medians); the pairs' ratios range from "
+              f"{min(r['pairs']):.2f} to {max(r['pairs']):.2f}."]
+    return "\n".join(lines)
+
+
+def write_doc(results_path: Path, doc: Path, section: str | None = None) -> str:
+    """Write an earlier run's tables (from its --out JSON) into `doc`, in `section` or the one its
+    mode names: `bench:ratio`, `bench:compare`, `bench:models`. Returns the section's name."""
+    from worker.doc_sections import write_section
+
+    r = json.loads(results_path.read_text())
+    if "by_models" in r:
+        name, text = "bench:models", made_with(r) + "\n\n" + render_by_models(r)
+    elif "compare" in r:
+        name, text = "bench:compare", made_with(r) + "\n\n" + render_compare(r)
+    elif "interleaved" in r:
+        name, text = "bench:ratio", ratio_markdown(r)
+    else:
+        raise SystemExit(f"bench: {results_path} holds no ratio, comparison or model scaling")
+    write_section(doc, section or name, text, create=True)
+    return section or name
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="kl-f4c4")
@@ -272,9 +322,19 @@ def main() -> None:
                              "N processes of one thread each), '' = defaults")
     parser.add_argument("--experiment", nargs="*", default=None, metavar="KEY=VALUE",
                         help="only run end to end (1 model) with these [batch] or scoring.* settings, e.g. prepare_threads=4")
+    parser.add_argument("--render", type=Path, metavar="RESULTS_JSON",
+                        help="no run: write an earlier --only-ratio, --compare or --by-models run into --doc")
+    parser.add_argument("--doc", type=Path, help="with --render: the Markdown file (docs/PERFORMANCE.md)")
+    parser.add_argument("--section", help="with --render: the section's name, when two runs of one mode are shown")
     args = parser.parse_args()
+    if args.render:
+        if not args.doc:
+            parser.error("--render needs --doc")
+        print(f"wrote section {write_doc(args.render, args.doc, args.section)} of {args.doc}")
+        return
     keep_freed_memory()  # as the worker does: pure scoring gets the same allocator
-    results: dict = {"machine": machine(), "args": vars(args)}
+    results: dict = {"machine": machine(), "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                     "command": " ".join(shlex.quote(a) for a in ["bench/bench.py", *sys.argv[1:]]), "commit": commit()}
 
     log(f"generating {args.n} {args.size}² images with {args.model} …")
     images = make_images(args.model, args.n, args.size)

@@ -39,7 +39,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.bench import PG_SERVER, machine, make_images, steady_rate  # noqa: E402
+from bench.bench import PG_SERVER, commit, machine, make_images, steady_rate  # noqa: E402
 from worker.corpus import png_bytes  # noqa: E402
 from worker.doc_sections import write_section  # noqa: E402
 from worker.harness import ServeLauncher, postgres_database  # noqa: E402
@@ -48,20 +48,6 @@ from worker.config import KafkaSettings  # noqa: E402
 
 COLUMNS = ["t_s", "rss_mb", "fds", "threads", "produced", "stored", "backlog", "lag_gauge", "n",
            "p50_s", "p95_s", "p99_s", "max_s", "worker_cpu_s", "broker_cpu_s", "broker_rss_mb"]
-
-
-def commit() -> str:
-    """The checkout's commit (with `+` when it has uncommitted changes), or "?"."""
-    import subprocess
-
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                               capture_output=True, text=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "?"
-    return head + ("+" if dirty else "")
 
 
 def process_stats(pid: int) -> tuple[float, int, int]:

@@ -18,7 +18,8 @@ Sections:
 `--only-ratio` runs only the headline (interleaved pure and end-to-end runs); `--by-models 1 2 4 8`
 the same for watchlists of several zoo models; `--compare A B …`
 only interleaved end-to-end runs of several settings (e.g. `--compare batch.store_beside=always
-batch.store_beside=auto`), which is how a setting's default is chosen from measurements.
+batch.store_beside=auto`), which is how a setting's default is chosen from measurements. `--render RESULTS.json --doc
+docs/PERFORMANCE.md` writes such a run's tables into the doc, with the command that made them.
 """
 
 from __future__ import annotations

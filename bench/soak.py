@@ -5,8 +5,10 @@ script starts a broker (Tansu, loopback), a fresh Postgres database and one work
 worker's capacity on a pre-filled topic; then offers `--fraction` of it, at a constant rate,
 for `--duration-s`. Every `--sample-s` it records the worker's resident memory, open file
 descriptors and threads, the backlog (produced − stored, and the worker's own
-`aedr_consumer_lag`), and the latency quantiles of the events stored in that interval (from
-the producer's send time to the event's `scored_at` in Postgres).
+`aedr_consumer_lag`), and the latency quantiles of the events stored in that interval: from the
+producer's send time to the event's `scored_at` in Postgres, and the worker's own part of it
+(from its `received_at`, when the worker's poll received the event, to `scored_at`); the rest
+was spent in the broker.
 
     .venv/bin/python bench/soak.py --duration-s 7200 --fraction 0.5 --out-dir bench/soak
 
@@ -47,7 +49,8 @@ from worker.kafka_io import LocalBroker, ensure_topics  # noqa: E402
 from worker.config import KafkaSettings  # noqa: E402
 
 COLUMNS = ["t_s", "rss_mb", "fds", "threads", "produced", "stored", "backlog", "lag_gauge", "n",
-           "p50_s", "p95_s", "p99_s", "max_s", "worker_cpu_s", "broker_cpu_s", "broker_rss_mb"]
+           "p50_s", "p95_s", "p99_s", "max_s", "worker_cpu_s", "broker_cpu_s", "broker_rss_mb",
+           "worker_p50_s", "worker_p99_s"]
 
 
 def process_stats(pid: int) -> tuple[float, int, int]:
@@ -147,7 +150,7 @@ def stored_count(store, prefix: str) -> int:
 def rows_since(store, prefix: str, after: datetime | None) -> list[dict]:
     from sqlalchemy import text
 
-    query = "SELECT event_id, scored_at FROM events WHERE event_id LIKE :p AND scored_at IS NOT NULL"
+    query = "SELECT event_id, received_at, scored_at FROM events WHERE event_id LIKE :p AND scored_at IS NOT NULL"
     params: dict = {"p": prefix + "%"}
     if after is not None:
         query += " AND scored_at > :after"
@@ -187,8 +190,15 @@ def summarise(rows: list[dict], warmup_s: float) -> dict:
                                     "median_p50_s": float(np.median(p50s)) if p50s else None,
                                     "median_p99_s": float(np.median(p99s)) if p99s else None,
                                     "max_p99_s": float(max(p99s)) if p99s else None,
-                                    **cores_used(part)})
+                                    **cores_used(part), **own_part(part)})
     return out
+
+
+def own_part(part: list[dict]) -> dict:
+    """The worker's own part of the latency (received → scored) over these samples, when recorded:
+    what is left of the total was spent in the broker, before the worker's poll received it."""
+    p99s = [float(r["worker_p99_s"]) for r in part if r.get("worker_p99_s") not in (None, "")]
+    return {"median_worker_p99_s": float(np.median(p99s)), "max_worker_p99_s": float(max(p99s))} if p99s else {}
 
 
 def cores_used(part: list[dict]) -> dict:
@@ -211,6 +221,9 @@ def plot(rows: list[dict], warmup_s: float, path: Path) -> None:
     axes[0].set_ylabel("worker RSS (MB)")
     for key in ("p50_s", "p95_s", "p99_s"):
         axes[1].plot(t, [r[key] if r[key] != "" else np.nan for r in rows], label=key[:-2])
+    if any(r.get("worker_p99_s") not in (None, "") for r in rows):
+        axes[1].plot(t, [r["worker_p99_s"] if r["worker_p99_s"] != "" else np.nan for r in rows],
+                     label="p99, worker's own part", linestyle="--")
     axes[1].set_ylabel("latency per interval (s)")
     axes[1].legend()
     axes[2].plot(t, [r["backlog"] for r in rows], label="produced − stored")
@@ -253,6 +266,10 @@ def render(summary: dict, command: str) -> str:
         "| minutes | median p50 (s) | median p99 (s) | worst p99 (s) |",
         "|---|---:|---:|---:|",
     ]
+    own = all("median_worker_p99_s" in q for q in summary["quarters"])
+    if own:
+        lines[-2] += " worker's own part: median p99 (s) | worst (s) |"
+        lines[-1] += "---:|---:|"
     cores = all("worker_cores" in q for q in summary["quarters"])
     if cores:
         lines[-2] += " worker, cores | broker, cores |"
@@ -260,6 +277,7 @@ def render(summary: dict, command: str) -> str:
     for q in summary["quarters"]:
         lines.append(f"| {q['from_s'] / 60:.0f}–{q['to_s'] / 60:.0f} | {q['median_p50_s']:.3f} | "
                      f"{q['median_p99_s']:.3f} | {q['max_p99_s']:.3f} |"
+                     + (f" {q['median_worker_p99_s']:.3f} | {q['max_worker_p99_s']:.3f} |" if own else "")
                      + (f" {q['worker_cores']:.2f} | {q['broker_cores']:.2f} |" if cores else ""))
     return "\n".join(lines)
 
@@ -297,6 +315,22 @@ def pin_process(pid: int, cores: set[int]) -> None:
         os.sched_setaffinity(int(task.name), cores)
 
 
+def side_latency_table(path: Path) -> str:
+    """Quarters of a side log of the worker's own latency (lines `epoch_s n p50_s p99_s max_s`, a
+    query of the run's database each minute, made beside a run from before soak.py recorded the
+    worker_p50_s and worker_p99_s columns)."""
+    rows = [[float(v) for v in line.split()] for line in path.read_text().splitlines()
+            if line.strip() and not line.startswith("#") and len(line.split()) == 5]
+    lines = ["| minutes of the side log | events | median p50 (s) | median p99 (s) | worst p99 (s) |",
+             "|---|---:|---:|---:|---:|"]
+    for part in np.array_split(np.arange(len(rows)), 4):
+        chunk = [rows[i] for i in part]
+        lines.append(f"| {(chunk[0][0] - rows[0][0]) / 60:.0f}–{(chunk[-1][0] - rows[0][0]) / 60:.0f} | "
+                     f"{sum(r[1] for r in chunk):.0f} | {np.median([r[2] for r in chunk]):.3f} | "
+                     f"{np.median([r[3] for r in chunk]):.3f} | {max(r[3] for r in chunk):.3f} |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--render", type=Path, metavar="SUMMARY_JSON",
@@ -304,6 +338,8 @@ def main() -> int:
     parser.add_argument("--doc", type=Path, help="with --render: the Markdown file to write into")
     parser.add_argument("--command", default="", help="with --render: the command that made the run")
     parser.add_argument("--side", type=Path, help="no run: print the quarters of a side log of CPU and memory")
+    parser.add_argument("--side-latency", type=Path,
+                        help="no run: print the quarters of a side log of the worker's own latency")
     parser.add_argument("--model", default="kl-f4c4")
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--duration-s", type=float, default=7200)
@@ -320,6 +356,9 @@ def main() -> int:
     args = parser.parse_args()
     if args.side:
         print(side_table(args.side))
+        return 0
+    if args.side_latency:
+        print(side_latency_table(args.side_latency))
         return 0
     if args.render:
         text = render(json.loads(args.render.read_text()), args.command or "bench/soak.py")
@@ -376,6 +415,8 @@ def main() -> int:
                 stored += len(fresh)
                 sent = producer.take([r["event_id"] for r in fresh])
                 latencies = [r["scored_at"].timestamp() - sent[r["event_id"]] for r in fresh if r["event_id"] in sent]
+                # the worker's own part: from the poll that received the event to its score
+                own = quantiles([(r["scored_at"] - r["received_at"]).total_seconds() for r in fresh])
                 rss, fds, threads = process_stats(serve.proc.pid)
                 broker_pid = broker.pid
                 broker_rss = process_stats(broker_pid)[0]
@@ -386,7 +427,9 @@ def main() -> int:
                        "n": len(latencies), **{k: "" if v is None else round(v, 4) for k, v in
                                                 zip(("p50_s", "p95_s", "p99_s", "max_s"), quantiles(latencies))},
                        "worker_cpu_s": round(cpu_seconds(serve.proc.pid), 1),
-                       "broker_cpu_s": round(cpu_seconds(broker_pid), 1), "broker_rss_mb": round(broker_rss, 1)}
+                       "broker_cpu_s": round(cpu_seconds(broker_pid), 1), "broker_rss_mb": round(broker_rss, 1),
+                       "worker_p50_s": "" if own[0] is None else round(own[0], 4),
+                       "worker_p99_s": "" if own[2] is None else round(own[2], 4)}
                 rows.append(row)
                 writer.writerow(row)
                 f.flush()

@@ -337,6 +337,7 @@ def main() -> int:
                         help="no run: write an earlier run's summary into --doc (or print it)")
     parser.add_argument("--doc", type=Path, help="with --render: the Markdown file to write into")
     parser.add_argument("--command", default="", help="with --render: the command that made the run")
+    parser.add_argument("--section", default="soak", help="with --render: the section of --doc to write")
     parser.add_argument("--side", type=Path, help="no run: print the quarters of a side log of CPU and memory")
     parser.add_argument("--side-latency", type=Path,
                         help="no run: print the quarters of a side log of the worker's own latency")
@@ -364,7 +365,7 @@ def main() -> int:
         text = render(json.loads(args.render.read_text()), args.command or "bench/soak.py")
         if args.doc:
             try:
-                write_section(args.doc, "soak", text)
+                write_section(args.doc, args.section, text)
             except ValueError as exc:
                 raise SystemExit(f"soak: {exc}") from None
         else:

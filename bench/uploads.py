@@ -22,6 +22,7 @@ is resampling, and resampling destroys the decoder's fingerprint that the method
 instead (at most 4 tiles of 512² per model); only decoding grows with the upload.
 
     .venv/bin/python bench/uploads.py [--doc docs/PERFORMANCE.md]
+    .venv/bin/python bench/uploads.py --render bench/results-uploads.json --doc docs/PERFORMANCE.md
 """
 
 from __future__ import annotations
@@ -148,12 +149,13 @@ def markdown(r: dict) -> str:
                      f"{row['tiles']} | {row['decode'] * 1000:.1f} | {row['prepare'] * 1000:.1f} | "
                      f"{row['score'] * 1000:.0f} | {1 / feed:.1f} | {1 / (feed + row['score']):.2f} | "
                      f"{row['peak_above_mb']:.0f} |")
-    for fmt in FORMATS:
-        row = next(x for x in r["rows"] if x["size"] == "512²" and x["format"] == fmt)
-        lines.append("")
-        lines.append(f"To feed one GPU at {r['gpu_rate']:.0f} images/s per model at 512² ({fmt}): "
-                     f"{r['gpu_rate'] * (row['decode'] + row['prepare']):.2f} CPU cores for decoding and preparing "
-                     f"(per watched model beyond the first, add its own prepare when its tiles differ).")
+    lines += ["", f"CPU cores to decode and prepare for one GPU that scores {r['gpu_rate']:.0f} images/s per model "
+                  "(for each watched model beyond the first, add its own prepare when its tiles differ):", "",
+              "| upload | " + " | ".join(FORMATS) + " |", "|---|" + "---:|" * len(FORMATS)]
+    for label in dict.fromkeys(x["size"] for x in r["rows"]):
+        cells = [next(x for x in r["rows"] if x["size"] == label and x["format"] == fmt) for fmt in FORMATS]
+        lines.append(f"| {label} | " + " | ".join(f"{r['gpu_rate'] * (c['decode'] + c['prepare']):.2f}" for c in cells)
+                     + " |")
     return "\n".join(lines)
 
 
@@ -164,16 +166,20 @@ def main() -> int:
     parser.add_argument("--gpu-rate", type=float, default=55.0, help="images/s per model a GPU scores at 512²")
     parser.add_argument("--out", default="bench/results-uploads.json")
     parser.add_argument("--doc", type=Path, help="write the table into this Markdown file (section bench:uploads)")
+    parser.add_argument("--render", type=Path, metavar="RESULTS_JSON", help="no run: an earlier run's --out, again")
     parser.add_argument("--child", nargs=3, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args.child[0], args.child[1], int(args.child[2]))
         return 0
-    results = {"machine": machine(), "commit": commit(), "model": args.model, "repeats": args.repeats,
-               "gpu_rate": args.gpu_rate,
-               "command": " ".join(["bench/uploads.py", *sys.argv[1:]]), "rows": run(args.model, args.repeats)}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    if args.render:
+        results = json.loads(args.render.read_text())
+    else:
+        results = {"machine": machine(), "commit": commit(), "model": args.model, "repeats": args.repeats,
+                   "gpu_rate": args.gpu_rate,
+                   "command": " ".join(["bench/uploads.py", *sys.argv[1:]]), "rows": run(args.model, args.repeats)}
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     text = markdown(results)
     print(text)
     if args.doc:

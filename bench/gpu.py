@@ -8,8 +8,8 @@ always fp32), and prints:
 - images/s per batch size, and achieved TFLOP/s against the card's peak. FLOPs are counted
   with torch's FlopCounterMode for one double reconstruction.
 
-    bench/gpu.sh              # on a machine with a CUDA GPU; writes $OUT/gpu.json if OUT is set
-    python3 bench/gpu.py --device cpu --size 64 --batches 1 2 --iters 1   # a dry run on a CPU
+    bench/gpu.sh              # on a machine with a CUDA GPU; writes $OUT/gpu.json and gpu.md if OUT is set
+    python3 bench/gpu.py --device cpu --size 64 --batches 1 2 --iters 1 --compile off   # a dry run on a CPU
 """
 
 from __future__ import annotations
@@ -80,8 +80,10 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 4, 8, 16, 32])
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--compare", type=int, default=16, help="images for the bf16 vs fp32 comparison")
-    parser.add_argument("--compile", default="off", help="torch.compile mode for an extra bf16 run")
-    parser.add_argument("--out", default=os.path.join(os.environ.get("OUT", "."), "gpu.json"))
+    parser.add_argument("--compile", default="default",
+                        help="torch.compile mode for an extra bf16 run (off: none; a CPU dry run needs no compiler)")
+    parser.add_argument("--out", default=os.path.join(os.environ.get("OUT", "."), "gpu.json"),
+                        help="the JSON; the markdown table goes beside it (.md)")
     args = parser.parse_args()
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         sys.exit("no CUDA device: run with --device cpu for a dry run")
@@ -110,23 +112,31 @@ def main() -> None:
         runs.append((f"bf16+compile:{args.compile}", from_module(copy.deepcopy(module), "kl", device=args.device,
                                                               dtype="bf16", compile_mode=args.compile)))
     result["runs"] = {}
-    print("\n| weights | batch | images/s | TFLOP/s | % of peak |\n|---|---:|---:|---:|---:|")
+    table = ["| weights | batch | images/s | TFLOP/s | % of peak |", "|---|---:|---:|---:|---:|"]
+    print("\n" + "\n".join(table))
     for label, model in runs:
         flops = flops_per_image(model, args.size)
         for batch in args.batches:
             try:
                 rate = throughput(model, batch, args.size, args.iters)
             except torch.OutOfMemoryError:
-                print(f"| {label} | {batch} | out of memory | | |")
+                table.append(f"| {label} | {batch} | out of memory | | |")
+                print(table[-1])
                 torch.cuda.empty_cache()
                 break
             tflops = rate * flops / 1e12
             share = tflops / peak["bf16" if label.startswith("bf16") else "fp32"] if peak else None
             result["runs"][f"{label}/{batch}"] = {"images_per_s": rate, "tflops": tflops, "peak_share": share}
-            print(f"| {label} | {batch} | {rate:.2f} | {tflops:.1f} | {'' if share is None else f'{100 * share:.0f} %'} |")
+            table.append(f"| {label} | {batch} | {rate:.2f} | {tflops:.1f} | "
+                         f"{'' if share is None else f'{100 * share:.0f} %'} |")
+            print(table[-1])
         result["runs"][f"{label}/gflop_per_image"] = flops / 1e9
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    header = (f"{name}: SDXL-VAE architecture (random weights), {params / 1e6:.1f} M parameters, {args.size}² images, "
+              f"torch {torch.__version__}; bf16 against fp32, max relative error of the score over {args.compare} "
+              f"images: {rel['score']:.2e}")
+    Path(args.out).with_suffix(".md").write_text(header + "\n\n" + "\n".join(table) + "\n")
 
 
 if __name__ == "__main__":

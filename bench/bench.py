@@ -15,11 +15,13 @@ Sections:
 4. latency per event (produce → scored) at an offered rate below capacity;
 5. scaling with 1, 2, 4 watchlist models, and two worker processes on two partitions.
 
-`--only-ratio` runs only the headline (interleaved pure and end-to-end runs); `--by-models 1 2 4 8`
-the same for watchlists of several zoo models; `--compare A B …`
-only interleaved end-to-end runs of several settings (e.g. `--compare batch.store_beside=always
-batch.store_beside=auto`), which is how a setting's default is chosen from measurements. `--render RESULTS.json --doc
-docs/PERFORMANCE.md` writes such a run's tables into the doc, with the command that made them.
+Modes that run one part only:
+- `--only-ratio`: the headline (interleaved pure and end-to-end runs, 1 model);
+- `--by-models 1 2 4 8`: the same for watchlists of several zoo models;
+- `--compare A B …`: interleaved end-to-end runs of several settings (e.g. `--compare
+  batch.store_beside=always batch.store_beside=auto`), which is how a default is chosen;
+- `--render RESULTS.json --doc docs/PERFORMANCE.md`: no run; an earlier run's tables written into
+  the doc, with the command that made them.
 """
 
 from __future__ import annotations
@@ -267,6 +269,11 @@ def commit() -> str:
     return head + ("+" if dirty else "")
 
 
+def save(results: dict, out: str) -> None:
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(results, indent=2, default=str) + "\n")
+
+
 def made_with(r: dict) -> str:
     m = r["machine"]
     return (f"Made with `.venv/bin/python {r.get('command', 'bench/bench.py')}` (commit {r.get('commit', '?')}; "
@@ -356,15 +363,13 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             results["by_models"] = by_models(Path(tmp), watch_sets(args.model, counts), images, args.worker_batch,
                                              args.repeats)
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(results, indent=2, default=str) + "\n")
+        save(results, args.out)
         print(render_by_models(results))
         return
     if args.compare is not None:
         with tempfile.TemporaryDirectory() as tmp:
             results["compare"] = compare(Path(tmp), args.model, images, args.worker_batch, args.compare, args.repeats)
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(results, indent=2, default=str) + "\n")
+        save(results, args.out)
         print(render_compare(results))
         return
     model = load_autoencoder(str(zoo_model(args.model).path), device="cpu")
@@ -372,8 +377,7 @@ def main() -> None:
     if args.only_ratio:
         with tempfile.TemporaryDirectory() as tmp:
             results.update(interleaved(Path(tmp), model, args.model, images, args.worker_batch, budget, args.repeats))
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(results, indent=2, default=str) + "\n")
+        save(results, args.out)
         print(render_ratio(results))
         return
 
@@ -417,8 +421,7 @@ def main() -> None:
             finally:
                 stack.close()
 
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2, default=str) + "\n")
+    save(results, args.out)
     print(render(results))
 
 

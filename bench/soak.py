@@ -335,7 +335,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--render", type=Path, metavar="SUMMARY_JSON",
                         help="no run: write an earlier run's summary into --doc (or print it)")
-    parser.add_argument("--doc", type=Path, help="with --render: the Markdown file to write into")
+    parser.add_argument("--doc", type=Path, help="with --render or --side-latency: the Markdown file to write into")
     parser.add_argument("--command", default="", help="with --render: the command that made the run")
     parser.add_argument("--section", default="soak", help="with --render: the section of --doc to write")
     parser.add_argument("--side", type=Path, help="no run: print the quarters of a side log of CPU and memory")
@@ -359,7 +359,10 @@ def main() -> int:
         print(side_table(args.side))
         return 0
     if args.side_latency:
-        print(side_latency_table(args.side_latency))
+        text = side_latency_table(args.side_latency)
+        print(text)
+        if args.doc:
+            write_section(args.doc, "soak-latency", text)
         return 0
     if args.render:
         text = render(json.loads(args.render.read_text()), args.command or "bench/soak.py")

@@ -82,6 +82,7 @@ class Completing:
     already: set[int] = field(default_factory=set)  # results whose record went out before (not again)
     attempts: int = 0
     retry_at: float = 0.0
+    finish_s: float = 0.0  # how long the last try at storing and publishing took (the completion's clock)
 
     @property
     def size(self) -> int:
@@ -176,7 +177,11 @@ class Completion:
         """Store and publish `batch` (no consumer call: this may run beside the loop, one batch at
         a time); True when both are done, else a retry is scheduled (`batch.retry_at`)."""
         with self._busy:
-            return self._finish(batch)
+            started = self.clock.monotonic()
+            try:
+                return self._finish(batch)
+            finally:
+                batch.finish_s = self.clock.monotonic() - started
 
     def settle(self, batch: Completing) -> None:
         """A finished batch: commit its offsets and count it (on the loop's thread)."""

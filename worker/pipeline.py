@@ -67,7 +67,6 @@ class InFlight:
     scored: Future | None  # Future[ScoredBatch]; None while waiting to be scored again
     completing: Completing | None = None
     finishing: Future | None = None  # Future[bool]: its store and publish, on the completion thread
-    finishing_since: float = 0.0  # clock monotonic when its store began
     attempts: int = 0  # times the models were unavailable for it
     retry_at: float = 0.0
 
@@ -365,17 +364,17 @@ class Worker:
             self._dead_letters.add(dead)
             self.metrics.dead_letter_fraction.set(self._dead_letters.fraction_with([]))
             self._observe_stages(scored)
+            self._overlap.scored(scored.score_s)
             batch.completing = Completing(results, [j.prepared for j in scored.judged],
                                           offsets_of([w.message for w in batch.items]), [w.received for w in batch.items])
         if self._complete_executor is None:
             return self.completion.attempt(batch.completing)
         if batch.finishing is None:
-            batch.finishing_since = self.clock.monotonic()
             batch.finishing = self._complete_executor.submit(self.completion.finish, batch.completing)
         if not batch.finishing.done():
             return False
         finishing, batch.finishing = batch.finishing, None
-        self._overlap.stored(self.clock.monotonic() - batch.finishing_since)
+        self._overlap.stored(batch.completing.finish_s)
         if not finishing.result():
             return False  # a retry after its backoff (batch.completing.retry_at)
         self.completion.settle(batch.completing)
@@ -420,4 +419,3 @@ class Worker:
                     self.metrics.stage.labels("provenance").observe(j.prepared.provenance.seconds)
         if scored.score_s:
             self.metrics.stage.labels("score").observe(scored.score_s)
-        self._overlap.scored(scored.score_s)

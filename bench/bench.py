@@ -372,14 +372,14 @@ def main() -> None:
         save(results, args.out)
         print(render_compare(results))
         return
-    model = load_autoencoder(str(zoo_model(args.model).path), device="cpu")
-    budget = pixel_budget(model.device)
     if args.only_ratio:
         with tempfile.TemporaryDirectory() as tmp:
-            results.update(interleaved(Path(tmp), model, args.model, images, args.worker_batch, budget, args.repeats))
+            results.update(interleaved(Path(tmp), args.model, images, args.worker_batch, args.repeats))
         save(results, args.out)
         print(render_ratio(results))
         return
+    model = load_autoencoder(str(zoo_model(args.model).path), device="cpu")
+    budget = pixel_budget(model.device)
 
     results["pure"] = {b: pure_throughput(model, images, b) for b in (1, 4, 16, 64)}
     results["pure_worker_config"] = pure_throughput(model, images, args.worker_batch, budget)
@@ -407,8 +407,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             stack = Stack(Path(tmp))
             try:
-                results.update(interleaved(Path(tmp), model, args.model, images, args.worker_batch, budget,
-                                           args.repeats))
+                results.update(interleaved(Path(tmp), args.model, images, args.worker_batch, args.repeats))
                 for k, names in list(watch.items())[1:]:
                     log(f"end to end, {k} model(s) …")
                     results["e2e_by_models"][k] = e2e_throughput(stack, images, names, args.worker_batch)
@@ -425,24 +424,13 @@ def main() -> None:
     print(render(results))
 
 
-def interleaved(workdir: Path, model, name: str, images, worker_batch: int, budget: int, repeats: int) -> dict:
+def interleaved(workdir: Path, name: str, images, worker_batch: int, repeats: int) -> dict:
     """The headline ratio: this machine's speed drifts by ±15 % between minutes, so pure scoring
-    and end-to-end runs (1 model) are interleaved and their medians compared. Each end-to-end run
-    gets a fresh broker and database: the test broker keeps every record in memory and costs
-    more as it holds more, which would slow each run more than the one before."""
-    pure_runs, e2e_runs = [], []
-    for i in range(repeats):
-        log(f"interleaved run {i + 1}/{repeats} …")
-        pure_runs.append(pure_throughput(model, images, worker_batch, budget, repeat=1))
-        stack = Stack(workdir / f"run-{i}")
-        try:
-            e2e_runs.append(e2e_throughput(stack, images, [name], worker_batch))
-        finally:
-            stack.close()
-    return {"interleaved": {"pure": pure_runs, "e2e": e2e_runs},
-            "e2e_over_pure": float(np.median(e2e_runs) / np.median(pure_runs)),
-            "pairs": [e / p for p, e in zip(pure_runs, e2e_runs)],
-            "e2e_by_models": {1: float(np.median(e2e_runs))}}
+    and end-to-end runs (1 model) are interleaved and their medians compared (`by_models` for a
+    watchlist of one)."""
+    one = by_models(workdir, {1: [name]}, images, worker_batch, repeats)[1]
+    return {"interleaved": {"pure": one["pure"], "e2e": one["e2e"]}, "e2e_over_pure": one["e2e_over_pure"],
+            "pairs": one["pairs"], "e2e_by_models": {1: float(np.median(one["e2e"]))}}
 
 
 MODEL_COUNTS = (1, 2, 4, 8)
@@ -468,7 +456,9 @@ def pure_watchlist(models: list, images, worker_batch: int, budget: int | None) 
 
 def by_models(workdir: Path, sets: dict[int, list[str]], images, worker_batch: int, repeats: int) -> dict:
     """For each watchlist size, pure scoring and the worker end to end, interleaved round after
-    round (each end-to-end run with a fresh broker and database). A watchlist of k models
+    round. Each end-to-end run gets a fresh broker and database: the test broker keeps every
+    record in memory and costs more as it holds more, which would slow each run more than the one
+    before. A watchlist of k models
     scores n/k images (at least 6 batches), so that every size takes about as long."""
     loaded = {name: load_autoencoder(str(zoo_model(name).path), device="cpu") for name in {n for v in sets.values() for n in v}}
     budget = pixel_budget(next(iter(loaded.values())).device)

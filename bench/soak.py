@@ -288,15 +288,25 @@ def pinning(summary: dict) -> str:
     return f"the stack pinned to cores `{summary['cpus']}`"
 
 
+def side_log(path: Path, fields: int | None = None) -> list[list[float]]:
+    """The numbers of a side log, a line each (blank and `#` lines skipped; with `fields`, lines
+    of another length too)."""
+    return [[float(v) for v in line.split()] for line in path.read_text().splitlines()
+            if line.strip() and not line.startswith("#") and (fields is None or len(line.split()) == fields)]
+
+
+def quarters(rows: list) -> list[list]:
+    return [[rows[i] for i in part] for part in np.array_split(np.arange(len(rows)), 4) if len(part)]
+
+
 def side_table(path: Path) -> str:
     """Quarters of a side log (lines `epoch_s worker_cpu_s broker_cpu_s broker_rss_mb`, sampled
     beside a run made before soak.py recorded these columns): cores each process used, and the
     broker's memory."""
-    rows = [[float(v) for v in line.split()] for line in path.read_text().splitlines()
-            if line.strip() and not line.startswith("#")]
+    rows = side_log(path)
     lines = ["| minutes of the side log | worker, cores | broker, cores | broker RSS (MB) |", "|---|---:|---:|---:|"]
-    for part in np.array_split(np.arange(len(rows)), 4):
-        a, b = rows[part[0]], rows[part[-1]]
+    for part in quarters(rows):
+        a, b = part[0], part[-1]
         span = b[0] - a[0]
         lines.append(f"| {(a[0] - rows[0][0]) / 60:.0f}–{(b[0] - rows[0][0]) / 60:.0f} | {(b[1] - a[1]) / span:.2f} | "
                      f"{(b[2] - a[2]) / span:.2f} | {a[3]:.0f} → {b[3]:.0f} |")
@@ -319,12 +329,10 @@ def side_latency_table(path: Path) -> str:
     """Quarters of a side log of the worker's own latency (lines `epoch_s n p50_s p99_s max_s`, a
     query of the run's database each minute, made beside a run from before soak.py recorded the
     worker_p50_s and worker_p99_s columns)."""
-    rows = [[float(v) for v in line.split()] for line in path.read_text().splitlines()
-            if line.strip() and not line.startswith("#") and len(line.split()) == 5]
+    rows = side_log(path, fields=5)
     lines = ["| minutes of the side log | events | median p50 (s) | median p99 (s) | worst p99 (s) |",
              "|---|---:|---:|---:|---:|"]
-    for part in np.array_split(np.arange(len(rows)), 4):
-        chunk = [rows[i] for i in part]
+    for chunk in quarters(rows):
         lines.append(f"| {(chunk[0][0] - rows[0][0]) / 60:.0f}–{(chunk[-1][0] - rows[0][0]) / 60:.0f} | "
                      f"{sum(r[1] for r in chunk):.0f} | {np.median([r[2] for r in chunk]):.3f} | "
                      f"{np.median([r[3] for r in chunk]):.3f} | {max(r[3] for r in chunk):.3f} |")

@@ -42,8 +42,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.bench import commit, machine  # noqa: E402
-from bench.verdicts import _status_kb  # noqa: E402
+from bench.bench import commit, machine, made_with, save  # noqa: E402
+from bench.verdicts import status_kb  # noqa: E402
 
 SIZES = (("512²", 512, 512), ("0.25 MP", 577, 433), ("1 MP", 1155, 866), ("4 MP", 2309, 1732),
          ("12 MP", 4000, 3000))
@@ -95,7 +95,7 @@ def child(path: str, model_name: str, repeats: int) -> None:
                           pixel_budget(model.device))
     watchlist.probe()  # warm: the first call allocates what every call needs
     data = Path(path).read_bytes()
-    rss_before = _status_kb("VmRSS")
+    rss_before = status_kb("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current RSS
     times: dict[str, list[float]] = {"decode": [], "prepare": [], "score": []}
     tiles = 0
@@ -112,7 +112,7 @@ def child(path: str, model_name: str, repeats: int) -> None:
         for key, seconds in zip(times, (t1 - t0, t2 - t1, t3 - t2)):
             times[key].append(seconds)
     print(json.dumps({**{k: float(np.median(v)) for k, v in times.items()}, "tiles": tiles, "tile": tile,
-                      "peak_above_mb": (_status_kb("VmHWM") - rss_before) / 1024, "before_mb": rss_before / 1024}))
+                      "peak_above_mb": (status_kb("VmHWM") - rss_before) / 1024, "before_mb": rss_before / 1024}))
 
 
 def run(model_name: str, repeats: int) -> list[dict]:
@@ -136,10 +136,8 @@ def run(model_name: str, repeats: int) -> list[dict]:
 
 
 def markdown(r: dict) -> str:
-    m = r["machine"]
-    lines = [f"Made with `.venv/bin/python {r['command']}` (commit {r['commit']}; {m['cpu']}, {m['cores']} cores, "
-             f"torch {m['torch']}, {m['date']}). Model `{r['model']}`, tiles of {r['rows'][0]['tile']}², "
-             f"median of {r['repeats']} per upload, CPU seconds on one thread:", "",
+    lines = [made_with(r), "", f"Model `{r['model']}`, tiles of {r['rows'][0]['tile']}², median of {r['repeats']} "
+             "per upload, CPU seconds on one thread:", "",
              "| upload | format | bytes | tiles scored | decode (ms) | prepare (ms) | score (ms) | decode + prepare, "
              "images/s per core | all three, images/s per core | peak above the idle worker (MB) |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -178,8 +176,7 @@ def main() -> int:
         results = {"machine": machine(), "commit": commit(), "model": args.model, "repeats": args.repeats,
                    "gpu_rate": args.gpu_rate,
                    "command": " ".join(["bench/uploads.py", *sys.argv[1:]]), "rows": run(args.model, args.repeats)}
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+        save(results, args.out)
     text = markdown(results)
     print(text)
     if args.doc:

@@ -94,7 +94,7 @@ def make_png(megapixels: float, path: Path) -> tuple[int, int]:
     return width, height
 
 
-def _status_kb(key: str) -> int:
+def status_kb(key: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(key + ":"):
             return int(line.split()[1])
@@ -122,7 +122,7 @@ def large_child(path: str, tile: str, model_name: str) -> None:
                                         calibration.scorer)], 16, pixel_budget(model.device))
     watchlist.probe()  # warm: the first call allocates what every call needs
     # /proc, not getrusage: ru_maxrss survives exec, so it would count the parent's peak.
-    rss_before = _status_kb("VmRSS")
+    rss_before = status_kb("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current RSS
     t0 = time.perf_counter()
     image = decode_image(Path(path).read_bytes(), ImageSettings())
@@ -131,7 +131,7 @@ def large_child(path: str, tile: str, model_name: str) -> None:
     scores = watchlist.score([prepared])
     watchlist.verdicts(scores[0])
     seconds = time.perf_counter() - t0
-    peak = _status_kb("VmHWM")
+    peak = status_kb("VmHWM")
     print(json.dumps({"tile": tile, "seconds": seconds, "peak_rss_mb": peak / 1024, "before_mb": rss_before / 1024}))
 
 

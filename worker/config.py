@@ -180,18 +180,47 @@ class FetchSettings:
     max_redirects: int = 3
 
 
+# On a CPU, at most this many automatic scorers: each holds a batch's activations and images.
+MAX_AUTO_CPU_SCORERS = 8
+
+
 @dataclass(frozen=True)
 class ScoringSettings:
     device: str = "auto"
     devices: tuple[str, ...] = ()  # several GPUs: one scorer per device, e.g. ("cuda:0", "cuda:1")
     batch_size: int = 16  # images per autoencoder call (a micro-batch is split into these)
-    threads: int = 0  # torch intra-op threads; 0 = torch's default (all cores)
+    threads: int = 0  # torch intra-op threads per scorer; 0 = auto (see layout)
+    scorers: int = 0  # scorers side by side on one device, each on a thread of its own; 0 = auto (see layout)
     compile: str = "off"  # torch.compile mode: off | default | reduce-overhead | max-autotune
     channels_last: bool = True  # NHWC memory format for the autoencoders
     max_batch_pixels: int = -1  # pixels per autoencoder call: -1 = auto (131 072 on CPU, none on CUDA), 0 = none
     # Fixed glibc malloc thresholds, so the scoring thread reuses its buffers instead of faulting
     # fresh pages each batch (worker/allocator.py); off leaves malloc to MALLOC_* or LD_PRELOAD.
     malloc_tuning: bool = True
+
+    def layout(self, on_gpu: bool, cores: int) -> tuple[tuple[str, ...], int]:
+        """The scorers' devices (one scorer each) and torch's intra-op threads (0 = torch's
+        default), made concrete for a machine with `cores` usable cores.
+
+        On a CPU the default is one scorer per core, each with one torch thread: at the zoo's
+        sizes torch's intra-op threads leave much of each extra core unused, while whole batches
+        side by side keep every core busy (docs/PERFORMANCE.md, "One process or N processes").
+        Past `MAX_AUTO_CPU_SCORERS` cores the scorers share the rest as intra-op threads, so that
+        the memory held (a batch's activations per scorer) stays bounded. An explicit `threads`
+        alone keeps the single scorer of earlier versions; `scorers` alone shares the cores out.
+        A device list (several GPUs) is taken as it is: one scorer per entry.
+        """
+        if self.devices:
+            return tuple(self.devices), self.threads
+        if on_gpu:
+            return (self.device,) * max(1, self.scorers), self.threads
+        cores = max(1, cores)
+        if self.scorers:
+            return (self.device,) * self.scorers, self.threads or max(1, cores // self.scorers)
+        if self.threads:
+            return (self.device,), self.threads
+        scorers = min(cores, MAX_AUTO_CPU_SCORERS)
+        return (self.device,) * scorers, max(1, cores // scorers)
 
 
 @dataclass(frozen=True)
@@ -374,7 +403,7 @@ _MINIMA = (
     ("retry", "initial_s", 0), ("retry", "max_s", 0),
     ("images", "max_bytes", 1), ("images", "max_pixels", 1), ("images", "min_side", 1),
     ("fetch", "timeout_s", 0.001), ("fetch", "max_redirects", 0),
-    ("scoring", "batch_size", 1), ("scoring", "threads", 0),
+    ("scoring", "batch_size", 1), ("scoring", "threads", 0), ("scoring", "scorers", 0),
     ("kafka", "max_request_size", 1024), ("kafka", "max_alert_bytes", 1024),
     ("kafka", "session_timeout_ms", 1), ("kafka", "heartbeat_interval_ms", 1), ("kafka", "connect_timeout_ms", 1),
     ("database", "pool_size", 1), ("database", "max_overflow", 0), ("database", "pool_timeout_s", 0.001),
@@ -395,6 +424,9 @@ def _check_ranges(settings: Settings) -> None:
     if settings.batch.store_beside not in STORE_BESIDE_MODES:
         raise ConfigError(f"batch.store_beside must be one of {', '.join(STORE_BESIDE_MODES)}, "
                           f"got {settings.batch.store_beside!r}")
+    if settings.scoring.scorers and settings.scoring.devices:
+        raise ConfigError("scoring.scorers and scoring.devices are both set: devices already lists one scorer per "
+                          "entry; set one of them")
     if settings.guard.dead_letter_fraction > 1:
         raise ConfigError(f"guard.dead_letter_fraction must be ≤ 1, got {settings.guard.dead_letter_fraction}")
     if settings.metrics.port > 65535:

@@ -13,9 +13,10 @@ prediction is its best match, or `none` when no model matched (no alert).
 
 from __future__ import annotations
 
+
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -157,8 +158,8 @@ def evaluate(config: str | None, truths: Sequence[str], progress: bool = True) -
     settings = load_settings(config)
     names = [w.name for w in settings.watchlist]
     folders = parse_truths(truths, names)
-    configure_process(settings.scoring)
-    scoring = settings.scoring
+    scoring = replace(settings.scoring, scorers=1)  # one watchlist here: torch's threads fill the cores
+    configure_process(scoring)
     device = (scoring.devices or (scoring.device,))[0]
     watchlist = Watchlist.load(settings.watchlist, device, scoring.batch_size, scoring.compile, scoring.channels_last,
                                scoring.max_batch_pixels)

@@ -78,6 +78,10 @@ class Metrics:
             "aedr_store_errors", "Failed attempts to store a micro-batch (retried).", registry=registry
         )
         self.models_loaded = Gauge("aedr_models_loaded", "Watchlist models loaded.", registry=registry)
+        self.scorers = Gauge("aedr_scorers", "Scorers side by side (one per device; on a CPU, one per core).",
+                             registry=registry)
+        self.scoring_threads = Gauge("aedr_scoring_threads", "Torch intra-op threads of each scorer on a CPU.",
+                                     registry=registry)
         self.reloads = Counter("aedr_reloads", "Watchlist reloads (outcome: ok | failed).", ["outcome"], registry=registry)
         for outcome in ("ok", "failed"):
             self.reloads.labels(outcome)

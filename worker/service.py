@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 from .clock import SystemClock
 from .completion import Completion, OffsetLedger, ProducerSlot
 from .config import ScoringSettings, Settings, mask_url
+from .cores import usable_cores
 from .fetch import Fetcher
 from .health import Health
 from .lag import LagMonitor
@@ -38,6 +39,21 @@ from .watchlist import LoadInterrupted, Watchlist
 log = logging.getLogger(__name__)
 
 
+def scoring_layout(scoring: ScoringSettings) -> tuple[tuple[str, ...], int]:
+    """`ScoringSettings.layout` on this machine: the scorers' devices and torch's threads.
+    Raises `DeviceNotAvailable` for a device the machine does not have."""
+    from .models import pick_device
+
+    on_gpu = not scoring.devices and pick_device(scoring.device).type == "cuda"
+    return scoring.layout(on_gpu, usable_cores())
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
 def configure_process(scoring: ScoringSettings) -> None:
     """Process-wide settings, applied once at start-up (never at import)."""
     import matplotlib
@@ -48,8 +64,9 @@ def configure_process(scoring: ScoringSettings) -> None:
     matplotlib.use("Agg", force=True)  # plots are files; no display on a server
     if scoring.malloc_tuning:
         keep_freed_memory()
-    if scoring.threads > 0:
-        torch.set_num_threads(scoring.threads)
+    _, threads = scoring_layout(scoring)
+    if threads > 0:
+        torch.set_num_threads(threads)
 
 
 @dataclass
@@ -81,18 +98,22 @@ class Service:
 
 def load_scoring(settings: Settings, entries, *, stop: threading.Event, loaded: dict, store: SqlStore,
                  database_url: str, fetcher: Fetcher, provenance, metrics: Metrics | None = None) -> ScoringPool:
-    """The scorers (one per device) of watchlist `entries`, with their calibrations recorded,
-    and how a message is prepared for them. `serve` (at start and on every reload) and
-    `rescan` make theirs here."""
+    """The scorers (`scoring_layout`: one per device, or one per core on a CPU) of watchlist
+    `entries`, with their calibrations recorded, and how a message is prepared for them. `serve`
+    (at start and on every reload) and `rescan` make theirs here. Scorers on one device share
+    each model's weights (`loaded`)."""
     scoring = settings.scoring
+    devices, _ = scoring_layout(scoring)  # torch's threads were set from the same layout at start-up
     scorers = [Watchlist.load(entries, device, scoring.batch_size, scoring.compile, scoring.channels_last,
                               scoring.max_batch_pixels, interrupted=stop.is_set, loaded=loaded)
-               for device in scoring.devices or (scoring.device,)]
+               for device in devices]
     watchlist = scorers[0]
     with reaching(database_url):
         store.record_calibrations(watchlist.calibration_records())
     if metrics is not None:
         metrics.models_loaded.set(len(watchlist.entries))
+        metrics.scorers.set(len(scorers))
+        metrics.scoring_threads.set(torch_threads())
     log.info("watchlist: %s; %d scorer(s) on %s",
              ", ".join(f"{e.name} (τ={e.threshold:.4g}{', ' + e.mode if e.mode != 'alert' else ''})"
                        for e in watchlist.entries), len(scorers),
@@ -158,7 +179,8 @@ def _build(settings: Settings, stop: threading.Event, registry: CollectorRegistr
     loaded: dict = {}  # models by identity: a reload does not load unchanged ones again
 
     def scoring_pool(new: Settings) -> ScoringPool:
-        return load_scoring(new, new.watchlist, stop=stop, loaded=loaded, store=store, database_url=database_url,
+        # Only the watchlist is reloaded (worker.reload): the rest stays as the process started.
+        return load_scoring(settings, new.watchlist, stop=stop, loaded=loaded, store=store, database_url=database_url,
                             fetcher=fetcher, provenance=provenance, metrics=metrics)
 
     pool = scoring_pool(settings)

@@ -24,6 +24,7 @@ from tests.integration.conftest import (
 )
 from tests.integration.conftest import http_status as status
 from worker.calibration import Calibration
+from worker.cores import usable_cores
 from worker.models import load_autoencoder
 from worker.scoring import score_images
 from worker.storage import SqlStore
@@ -119,6 +120,8 @@ def test_serve_end_to_end(broker, pg_url, tmp_path):
         assert lags and all(v == 0 for v in lags)
         assert status(port, "/healthz") == 200 and status(port, "/readyz") == 200
         assert {r["model"] for r in store.calibrations()} == set(MODELS)
+        # On a CPU, one scorer per usable core, one torch thread each (ScoringSettings.layout).
+        assert (m[("aedr_scorers", ())], m[("aedr_scoring_threads", ())]) == (min(usable_cores(), 8), 1)
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=30)

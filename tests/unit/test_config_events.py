@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from worker.config import BatchSettings, ConfigError, load_settings, mask_url
+from worker.config import BatchSettings, ConfigError, ScoringSettings, load_settings, mask_url
+from worker.cores import quota_cores
 from worker.decision import Match, best_match
 from worker.events import InvalidEvent, alert_message, decode_b64_image, decode_event, event_id_hint, UploadEvent
 
@@ -64,6 +65,44 @@ def test_automatic_batch_settings_depend_on_the_device():
     assert (auto.resolved(on_gpu=True).inflight, auto.resolved(on_gpu=True).prepare_threads) == (2, 4)
     explicit = load_settings(None, {"AEDR_BATCH__INFLIGHT": "2", "AEDR_BATCH__PREPARE_THREADS": "3"}).batch
     assert (explicit.resolved(on_gpu=False).inflight, explicit.resolved(on_gpu=False).prepare_threads) == (2, 3)
+
+
+@pytest.mark.parametrize("env, cores, devices, threads", [
+    ({}, 1, ("auto",), 1),  # one scorer per core, one torch thread each
+    ({}, 2, ("auto",) * 2, 1),
+    ({}, 6, ("auto",) * 6, 1),
+    ({}, 64, ("auto",) * 8, 8),  # at most 8 automatic scorers; the rest as their threads
+    ({"AEDR_SCORING__THREADS": "2"}, 16, ("auto",), 2),  # threads alone: the one scorer of before
+    ({"AEDR_SCORING__SCORERS": "1"}, 4, ("auto",), 4),  # one scorer: torch's threads fill the cores
+    ({"AEDR_SCORING__SCORERS": "3"}, 8, ("auto",) * 3, 2),
+    ({"AEDR_SCORING__SCORERS": "3"}, 2, ("auto",) * 3, 1),
+    ({"AEDR_SCORING__SCORERS": "2", "AEDR_SCORING__THREADS": "3"}, 2, ("auto",) * 2, 3),
+    ({"AEDR_SCORING__DEVICE": "cpu"}, 3, ("cpu",) * 3, 1),
+    ({"AEDR_SCORING__DEVICES": "cpu,cpu"}, 8, ("cpu", "cpu"), 0),  # a list is taken as it is
+])
+def test_the_cpu_scoring_layout(env, cores, devices, threads):
+    assert load_settings(None, env).scoring.layout(on_gpu=False, cores=cores) == (devices, threads)
+
+
+def test_on_a_gpu_one_scorer_per_device():
+    assert ScoringSettings().layout(on_gpu=True, cores=16) == (("auto",), 0)
+    assert ScoringSettings(devices=("cuda:0", "cuda:1")).layout(on_gpu=True, cores=16) == (("cuda:0", "cuda:1"), 0)
+    assert ScoringSettings(scorers=2).layout(on_gpu=True, cores=16) == (("auto",) * 2, 0)
+
+
+@pytest.mark.parametrize("text, cores", [
+    ("max 100000", None), ("", None), ("-1 100000", None), ("garbage", None), ("x 100000", None),
+    ("400000 100000", 4), ("150000 100000", 2), ("50000 100000", 1), ("100000 0", None),
+])
+def test_a_cgroup_quota_in_whole_cores(text, cores):
+    assert quota_cores(text) == cores
+
+
+def test_scorers_and_a_device_list_are_not_both_set():
+    with pytest.raises(ConfigError, match="scoring.scorers and scoring.devices"):
+        load_settings(None, {"AEDR_SCORING__SCORERS": "2", "AEDR_SCORING__DEVICES": "cpu"})
+    with pytest.raises(ConfigError, match="scoring.scorers"):
+        load_settings(None, {"AEDR_SCORING__SCORERS": "-1"})
 
 
 def test_database_url_from_a_secret_file(tmp_path):

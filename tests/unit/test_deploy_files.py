@@ -113,6 +113,14 @@ def test_the_deployment_fits_keda_the_probes_and_the_drain(rendered):
     assert ("nvidia.com/gpu" in container["resources"]["limits"]) == gpu
     assert container["image"] == ("aedr:cuda" if gpu else "aedr:latest")
     assert objects["ServiceMonitor"]["metadata"]["labels"]["release"] == "prometheus"
+    # On CPU nodes, one scorer per requested core (a node's other cores are not this pod's).
+    env = {e["name"]: e for e in container["env"]}
+    if gpu:
+        assert "AEDR_SCORING__SCORERS" not in env and env["AEDR_SCORING__DEVICE"]["value"] == "cuda"
+    else:
+        assert env["AEDR_SCORING__SCORERS"]["valueFrom"]["resourceFieldRef"] == {"containerName": "worker",
+                                                                                 "resource": "requests.cpu"}
+        assert env["AEDR_SCORING__THREADS"]["value"] == "1"
 
 
 def test_keda_authenticates_and_retention_runs(rendered, tmp_path):

@@ -6,14 +6,18 @@ processes.
 
     .venv/bin/python bench/bench.py --model kl-f4c4 --size 128 --n 512 --repeats 5 --out bench/results.json
 
-Sections:
-1. pure scoring throughput (decoded images in memory → scores) at batch sizes 1, 4, 16, 64;
-2. a faithful per-image reference loop (as the paper's cal_loss_ratio.py + cal_GLCM.py: read the
+The full run (no mode), every ratio from interleaved rounds (`--repeats`), its tables written
+into docs/PERFORMANCE.md by `--render`:
+1. pure scoring by batch size (single runs), and batched scoring in the worker's layout against a
+   faithful per-image reference loop (as the paper's cal_loss_ratio.py + cal_GLCM.py: read the
    file, one image per call, sampled latents, a sync per pass, GLCM from a second read);
-3. end-to-end worker throughput (N events produced → all stored in Postgres) and its ratio to
-   pure scoring at the worker's batch size;
-4. latency per event (produce → scored) at an offered rate below capacity;
-5. scaling with 1, 2, 4 watchlist models, and two worker processes on two partitions.
+2. pure scoring and the worker end to end (N events produced → all stored in Postgres) for
+   watchlists of 1, 2, 4 and 8 zoo models, and their ratios, with a plot;
+3. one worker process against N one-thread processes (N = the usable cores);
+4. latency per event (produce → scored) at an offered rate below capacity (a single run).
+
+"Pure scoring" is the worker's scoring alone, laid out as the worker lays it out (its batch
+size, the pixel budget, and on a CPU one scorer per core), on decoded images in memory.
 
 Modes that run one part only:
 - `--only-ratio`: the headline (interleaved pure and end-to-end runs, 1 model);
@@ -38,6 +42,7 @@ import tempfile
 import time
 import tomllib
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -49,12 +54,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from worker.allocator import keep_freed_memory  # noqa: E402
-from worker.config import KafkaSettings  # noqa: E402
+from worker.config import KafkaSettings, ScoringSettings  # noqa: E402
+from worker.cores import usable_cores  # noqa: E402
 from worker.corpus import model_images, png_bytes, upload_event  # noqa: E402
 from worker.harness import ServeLauncher, ServeProcess, postgres_database, produce_values  # noqa: E402
 from worker.kafka_io import LocalBroker, ensure_topics  # noqa: E402
 from worker.models import load_autoencoder  # noqa: E402
 from worker.scoring import homogeneity, pixel_budget, score_images  # noqa: E402
+from worker.service import scoring_layout  # noqa: E402
 from worker.storage import SqlStore  # noqa: E402
 from worker.zoo import ZOO, zoo_model  # noqa: E402
 
@@ -217,15 +224,19 @@ def e2e_throughput(stack: Stack, images, models: list[str], max_size: int, worke
     return steady_rate(rows)
 
 
-def steady_rate(rows: list[dict]) -> float:
-    """Events/s in the steady state: events scored after the first batch, over the time from
-    the first batch's completion to the last one's. Like pure scoring (measured after a
-    warm-up), this leaves out start-up: group join, and the first calls of each shape, where
-    oneDNN builds its kernels."""
+def steady_rate(rows: list[dict], concurrent: int | None = None) -> float:
+    """Events/s in the steady state: events scored after the first `concurrent` batches (one
+    per scorer, which run side by side from the start; by default one per usable core, the
+    most that the worker's scorers or one-thread processes run at once here), over the time from the last of those
+    batches' completion to the last batch's. Like pure scoring (measured after a warm-up of one
+    batch per scorer), this leaves out start-up: group join, and the first calls of each shape,
+    where oneDNN builds its kernels. Counting from the first completion instead would credit the
+    window with batches that other scorers worked on before it opened."""
     stamps = sorted(r["scored_at"] for r in rows)
-    first = stamps[0]
-    later = [t for t in stamps if t > first]
-    return len(later) / (stamps[-1] - first).total_seconds()
+    batches = sorted(set(stamps))  # the events of a batch share its completion time
+    start = batches[max(1, min(concurrent or usable_cores(), len(batches) - 1)) - 1]
+    later = [t for t in stamps if t > start]
+    return len(later) / (stamps[-1] - start).total_seconds()
 
 
 def latency_at_rate(stack: Stack, images, models: list[str], max_size: int, rate: float) -> dict[str, float]:
@@ -291,22 +302,75 @@ def ratio_markdown(r: dict) -> str:
     return "\n".join(lines)
 
 
-def write_doc(results_path: Path, doc: Path, section: str | None = None) -> str:
-    """Write an earlier run's tables (from its --out JSON) into `doc`, in `section` or the one its
-    mode names: `bench:ratio`, `bench:compare`, `bench:models`. Returns the section's name."""
+def sections(r: dict) -> dict[str, str]:
+    """The doc sections a run's results fill, by name, each headed by the command that made it:
+    the full run fills `bench:batch`, `bench:models`, `bench:processes` and `bench:latency`;
+    `--only-ratio` fills `bench:ratio`, `--by-models` `bench:models`, `--compare` `bench:compare`."""
+    head = made_with(r) + "\n\n"
+    out = {}
+    if "interleaved" in r:
+        out["bench:ratio"] = ratio_markdown(r)
+    if "reference" in r:
+        out["bench:batch"] = head + render_batch(r)
+    if "by_models" in r:
+        out["bench:models"] = head + render_by_models(r)
+    if "compare" in r:
+        out["bench:compare"] = head + render_compare(r, "compare")
+    if "processes" in r:
+        out["bench:processes"] = head + render_compare(r, "processes")
+    if "latency" in r:
+        out["bench:latency"] = head + render_latency(r)
+    return out
+
+
+def write_doc(results_path: Path, doc: Path, section: str | None = None) -> list[str]:
+    """Write an earlier run's tables (from its --out JSON) into `doc`, each in its section
+    (`sections`), or in `section` when the run fills one only; a run over watchlist sizes also
+    draws docs/img/bench-models.png beside the doc. Returns the sections' names."""
     from worker.doc_sections import write_section
 
     r = json.loads(results_path.read_text())
-    if "by_models" in r:
-        name, text = "bench:models", made_with(r) + "\n\n" + render_by_models(r)
-    elif "compare" in r:
-        name, text = "bench:compare", made_with(r) + "\n\n" + render_compare(r)
-    elif "interleaved" in r:
-        name, text = "bench:ratio", ratio_markdown(r)
-    else:
+    found = sections(r)
+    if not found:
         raise SystemExit(f"bench: {results_path} holds no ratio, comparison or model scaling")
-    write_section(doc, section or name, text, create=True)
-    return section or name
+    if section and len(found) > 1:
+        raise SystemExit(f"bench: {results_path} fills {len(found)} sections; --section names one")
+    for name, text in found.items():
+        write_section(doc, section or name, text, create=True)
+    if "by_models" in r:
+        plot_by_models(r, doc.parent / "img" / "bench-models.png")
+    return [section or name for name in found]
+
+
+def plot_by_models(r: dict, path: Path) -> None:
+    """Events/s against the number of watchlist models: pure scoring and end to end, medians
+    with the range of the rounds, on log-log axes (1/k would be a straight line)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    ks = sorted(r["by_models"], key=int)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key, label, marker in (("pure", "pure scoring", "o"), ("e2e", "end to end", "s")):
+        runs = [r["by_models"][k][key] for k in ks]
+        med = [float(np.median(v)) for v in runs]
+        ax.errorbar([int(k) for k in ks], med, yerr=[[m - min(v) for m, v in zip(med, runs)],
+                                                      [max(v) - m for m, v in zip(med, runs)]],
+                    marker=marker, capsize=3, label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xticks([int(k) for k in ks], [str(k) for k in ks])
+    ax.set_xlabel("watchlist models")
+    ax.set_ylabel("events/s")
+    m = r["machine"]
+    ax.set_title(f"{r['args']['model']} first, {r['args']['size']}², {m['cores']} cores ({m['date']})", fontsize=9)
+    ax.legend()
+    ax.grid(True, which="both", alpha=0.3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def main() -> None:
@@ -338,7 +402,7 @@ def main() -> None:
     if args.render:
         if not args.doc:
             parser.error("--render needs --doc")
-        print(f"wrote section {write_doc(args.render, args.doc, args.section)} of {args.doc}")
+        print(f"wrote {', '.join(write_doc(args.render, args.doc, args.section))} into {args.doc}")
         return
     keep_freed_memory()  # as the worker does: pure scoring gets the same allocator
     results: dict = {"machine": machine(), "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
@@ -379,49 +443,49 @@ def main() -> None:
         print(render_ratio(results))
         return
     model = load_autoencoder(str(zoo_model(args.model).path), device="cpu")
-    budget = pixel_budget(model.device)
-
-    results["pure"] = {b: pure_throughput(model, images, b) for b in (1, 4, 16, 64)}
-    results["pure_worker_config"] = pure_throughput(model, images, args.worker_batch, budget)
+    results["pure"] = {b: pure_throughput(model, images, b) for b in (1, 4, 16, 64)}  # single runs
     with tempfile.TemporaryDirectory() as tmp:
-        files = []
-        for i, im in enumerate(images):
-            files.append(Path(tmp) / f"{i:04d}.png")
-            files[-1].write_bytes(png_bytes(im))
-        results["reference"] = reference_loop(zoo_model(args.model).path, files)
-    results["batched_over_reference"] = results["pure_worker_config"] / results["reference"]
-
-    others = [m.name for m in ZOO if m.name != args.model]
-    watch = {1: [args.model], 2: [args.model, others[0]], 4: [args.model] + others[:3]}
-    results["pure_by_models"] = {}
-    for k, names in watch.items():
-        loaded = [load_autoencoder(str(zoo_model(n).path), device="cpu") for n in names]
-        for m in loaded:
-            score_images(m, images[:16], batch_size=args.worker_batch, max_pixels=budget)
-        started = time.perf_counter()
-        for m in loaded:
-            score_images(m, images, batch_size=args.worker_batch, max_pixels=budget)
-        results["pure_by_models"][k] = len(images) / (time.perf_counter() - started)
-
-    if not args.skip_e2e:
-        with tempfile.TemporaryDirectory() as tmp:
-            stack = Stack(Path(tmp))
+        results["reference"] = against_reference(Path(tmp), args.model, images, args.worker_batch, args.repeats)
+        if not args.skip_e2e:
+            results["by_models"] = by_models(Path(tmp), watch_sets(args.model, MODEL_COUNTS), images,
+                                             args.worker_batch, args.repeats)
+            processes = ["", f"workers={usable_cores()}"]  # one process against N one-thread processes
+            results["processes_images"] = len(images[:PROCESS_IMAGES])
+            results["processes"] = compare(Path(tmp), args.model, images[:PROCESS_IMAGES], args.worker_batch,
+                                           processes, args.repeats)
+            rate = args.rate_fraction * float(np.median(results["by_models"][1]["e2e"]))
+            log(f"latency at {rate:.1f} events/s …")
+            stack = Stack(Path(tmp) / "latency")
             try:
-                results.update(interleaved(Path(tmp), args.model, images, args.worker_batch, args.repeats))
-                for k, names in list(watch.items())[1:]:
-                    log(f"end to end, {k} model(s) …")
-                    results["e2e_by_models"][k] = e2e_throughput(stack, images, names, args.worker_batch)
-                log("end to end, two workers on two partitions …")
-                results["e2e_two_workers"] = e2e_throughput(stack, images, [args.model], args.worker_batch, workers=2, partitions=2)
-                results["e2e_one_worker_two_partitions"] = e2e_throughput(stack, images, [args.model], args.worker_batch, partitions=2)
-                rate = args.rate_fraction * results["e2e_by_models"][1]
-                log(f"latency at {rate:.1f} events/s …")
                 results["latency"] = latency_at_rate(stack, images, [args.model], args.worker_batch, rate)
             finally:
                 stack.close()
-
     save(results, args.out)
     print(render(results))
+
+
+REFERENCE_IMAGES = 128  # the per-image loop is slow; this many images per round
+PROCESS_IMAGES = 256
+
+
+def against_reference(workdir: Path, name: str, images, worker_batch: int, repeats: int) -> dict:
+    """Batched scoring in the worker's layout (`pure_watchlist`) against the paper's per-image
+    loop (`reference_loop`), interleaved round after round on the same images."""
+    model = load_autoencoder(str(zoo_model(name).path), device="cpu")
+    budget = pixel_budget(model.device)
+    subset = images[:REFERENCE_IMAGES]
+    files = []
+    for i, im in enumerate(subset):
+        files.append(workdir / f"reference-{i:04d}.png")
+        files[-1].write_bytes(png_bytes(im))
+    runs: dict = {"images": len(subset), "batched": [], "reference": []}
+    for i in range(repeats):
+        log(f"round {i + 1}/{repeats}: batched scoring and the per-image reference loop …")
+        runs["batched"].append(pure_watchlist([model], subset, worker_batch, budget))
+        runs["reference"].append(reference_loop(zoo_model(name).path, files))
+    runs["pairs"] = [b / r for b, r in zip(runs["batched"], runs["reference"])]
+    runs["batched_over_reference"] = float(np.median(runs["batched"]) / np.median(runs["reference"]))
+    return runs
 
 
 def interleaved(workdir: Path, name: str, images, worker_batch: int, repeats: int) -> dict:
@@ -444,14 +508,34 @@ def watch_sets(first: str, counts) -> dict[int, list[str]]:
     return {k: names[:k] for k in counts}
 
 
+def pure_layout() -> tuple[tuple[str, ...], int]:
+    """The worker's default layout on this machine: its scorers' devices and torch threads."""
+    return scoring_layout(ScoringSettings())
+
+
 def pure_watchlist(models: list, images, worker_batch: int, budget: int | None) -> float:
-    """Events/s of pure scoring through every model of a watchlist in turn, after a warm-up."""
-    for m in models:
-        score_images(m, images[:worker_batch], batch_size=worker_batch, max_pixels=budget)
-    started = time.perf_counter()
-    for m in models:
-        score_images(m, images, batch_size=worker_batch, max_pixels=budget)
-    return len(images) / (time.perf_counter() - started)
+    """Events/s of pure scoring through every model of a watchlist, laid out as the worker lays
+    out its scorers on this machine by default (`scoring_layout`: on a CPU, one thread per core
+    scoring whole batches side by side, one torch thread each), after a warm-up of one batch per
+    scorer. No decoding, broker, database or alerts: what the worker's scoring alone can do."""
+    devices, threads = pure_layout()
+    batches = [images[i:i + worker_batch] for i in range(0, len(images), worker_batch)]
+
+    def score(batch) -> None:
+        for m in models:
+            score_images(m, batch, batch_size=worker_batch, max_pixels=budget)
+
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        with ThreadPoolExecutor(len(devices)) as pool:
+            list(pool.map(score, batches[:len(devices)]))
+            started = time.perf_counter()
+            list(pool.map(score, batches))
+            return len(images) / (time.perf_counter() - started)
+    finally:
+        torch.set_num_threads(before)
 
 
 def by_models(workdir: Path, sets: dict[int, list[str]], images, worker_batch: int, repeats: int) -> dict:
@@ -514,13 +598,14 @@ def compare(workdir: Path, name: str, images, worker_batch: int, arms: list[str]
     return {arm: {"runs": v, "median": float(np.median(v))} for arm, v in runs.items()}
 
 
-def render_compare(r: dict) -> str:
+def render_compare(r: dict, key: str = "compare") -> str:
     a = r["args"]
-    first = next(iter(r["compare"].values()))["median"]
-    out = [f"model {a['model']}, {a['n']} images of {a['size']}², {r['machine']['cpu']}, {r['machine']['cores']} cores, "
+    first = next(iter(r[key].values()))["median"]
+    n = r.get(f"{key}_images", a["n"])
+    out = [f"model {a['model']}, {n} images of {a['size']}², {r['machine']['cpu']}, {r['machine']['cores']} cores, "
            f"{r['machine']['date']}; end to end, events/s, {a['repeats']} interleaved rounds", "",
            "| settings | runs | median | median / first row's |", "|---|---|---:|---:|"]
-    for arm, v in r["compare"].items():
+    for arm, v in r[key].items():
         out.append(f"| {arm or 'defaults'} | {', '.join(f'{x:.1f}' for x in v['runs'])} | {v['median']:.1f} | "
                    f"{v['median'] / first:.2f} |")
     return "\n".join(out)
@@ -541,27 +626,35 @@ def render_ratio(r: dict) -> str:
                       f"{r['machine']['cores']} cores, {r['machine']['date']}", *ratio_lines(r)])
 
 
-def render(r: dict) -> str:
-    a = r["args"]
-    out = [f"model {a['model']}, {a['n']} images of {a['size']}², {r['machine']['cpu']}, {r['machine']['cores']} cores",
-           "", "| batch size | images/s |", "|---:|---:|"]
+def render_batch(r: dict) -> str:
+    """Pure scoring by batch size (single runs), and batched scoring in the worker's layout
+    against the per-image reference loop (interleaved rounds)."""
+    a, ref = r["args"], r["reference"]
+    out = [f"model {a['model']}, {a['n']} images of {a['size']}², one scorer with torch's threads, single runs:", "",
+           "| batch size | images/s |", "|---:|---:|"]
     out += [f"| {b} | {v:.1f} |" for b, v in r["pure"].items()]
-    out += ["", f"worker configuration (up to {a['worker_batch']} per call, pixel budget): "
-                f"{r['pure_worker_config']:.1f} images/s",
-            f"per-image reference loop: {r['reference']:.1f} images/s; "
-                f"worker configuration / reference = {r['batched_over_reference']:.2f}×", "",
-            "| watchlist models | pure scoring events/s | end-to-end events/s |", "|---:|---:|---:|"]
-    for k, v in r["pure_by_models"].items():
-        e2e = r.get("e2e_by_models", {}).get(k)
-        out.append(f"| {k} | {v:.1f} | {e2e:.1f} |" if e2e else f"| {k} | {v:.1f} | – |")
-    if "e2e_over_pure" in r:
-        lat = r["latency"]
-        out += ["", *ratio_lines(r),
-                f"two workers × 1 thread on 2 partitions: {r['e2e_two_workers']:.1f} events/s; "
-                f"one worker × 2 threads on the same 2 partitions: {r['e2e_one_worker_two_partitions']:.1f} events/s",
-                f"latency (produce → scored) at {lat['offered_events_per_s']:.1f} events/s offered: "
-                f"p50 {lat['p50_s'] * 1000:.0f} ms, p95 {lat['p95_s'] * 1000:.0f} ms (n={lat['n']})"]
+    out += ["", f"Batched scoring in the worker's layout (up to {a['worker_batch']} per call, the pixel budget, "
+                f"the worker's scorers) against the per-image reference loop, {ref['images']} images, "
+                f"{a['repeats']} interleaved rounds:", "",
+            "| round | batched, images/s | reference loop, images/s | ratio |", "|---:|---:|---:|---:|"]
+    out += [f"| {i} | {b:.1f} | {x:.1f} | {b / x:.2f} |"
+            for i, (b, x) in enumerate(zip(ref["batched"], ref["reference"]), 1)]
+    out += [f"| **median** | **{np.median(ref['batched']):.1f}** | **{np.median(ref['reference']):.1f}** | |", "",
+            f"**Batched / reference loop = {ref['batched_over_reference']:.2f}×** (medians); the rounds' ratios "
+            f"range from {min(ref['pairs']):.2f} to {max(ref['pairs']):.2f}."]
     return "\n".join(out)
+
+
+def render_latency(r: dict) -> str:
+    lat = r["latency"]
+    return (f"One model, a single run: {lat['n']} events offered at {lat['offered_events_per_s']:.1f} events/s "
+            f"({r['args']['rate_fraction']:g} of the median end-to-end rate above); produce → scored: "
+            f"p50 {lat['p50_s'] * 1000:.0f} ms, p95 {lat['p95_s'] * 1000:.0f} ms, max {lat['max_s'] * 1000:.0f} ms.")
+
+
+def render(r: dict) -> str:
+    """Every section a run fills, as the doc would show them."""
+    return "\n\n".join(f"[{name}]\n{text}" for name, text in sections(r).items())
 
 
 if __name__ == "__main__":

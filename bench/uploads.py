@@ -157,13 +157,42 @@ def markdown(r: dict) -> str:
     return "\n".join(lines)
 
 
+def plot(r: dict, path: Path) -> None:
+    """Images/s per core against the upload's megapixels, for decoding and preparing alone and
+    for all three stages, per format (log-log)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for fmt, color in zip(FORMATS, ("tab:blue", "tab:orange")):
+        rows = sorted((x for x in r["rows"] if x["format"] == fmt), key=lambda x: x["width"] * x["height"])
+        mp = [x["width"] * x["height"] / 1e6 for x in rows]
+        ax.plot(mp, [1 / (x["decode"] + x["prepare"]) for x in rows], "o--", color=color, label=f"{fmt}: decode + prepare")
+        ax.plot(mp, [1 / (x["decode"] + x["prepare"] + x["score"]) for x in rows], "s-", color=color,
+                label=f"{fmt}: decode + prepare + score")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("upload, megapixels")
+    ax.set_ylabel("images/s per core")
+    ax.set_title(f"{r['model']}, tiles of {r['rows'][0]['tile']}², {r['machine']['cpu']}", fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(True, which="both", alpha=0.3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="kl-f4c4")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--gpu-rate", type=float, default=55.0, help="images/s per model a GPU scores at 512²")
     parser.add_argument("--out", default="bench/results-uploads.json")
-    parser.add_argument("--doc", type=Path, help="write the table into this Markdown file (section bench:uploads)")
+    parser.add_argument("--doc", type=Path, help="write the table into this Markdown file (section bench:uploads), "
+                                                 "and the plot into img/bench-uploads.png beside it")
     parser.add_argument("--render", type=Path, metavar="RESULTS_JSON", help="no run: an earlier run's --out, again")
     parser.add_argument("--child", nargs=3, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -183,6 +212,7 @@ def main() -> int:
         from worker.doc_sections import write_section
 
         write_section(args.doc, "bench:uploads", text, create=True)
+        plot(results, args.doc.parent / "img" / "bench-uploads.png")
     return 0
 
 

@@ -76,7 +76,7 @@ def test_a_comparison_is_against_its_first_setting_and_lands_in_its_own_section(
     path.write_text(__import__("json").dumps(r))
     doc = tmp_path / "doc.md"
     doc.write_text("# x\n\n<!-- BEGIN bench:store-beside -->\nold\n<!-- END bench:store-beside -->\ntail\n")
-    assert bench.write_doc(path, doc, "bench:store-beside") == "bench:store-beside"
+    assert bench.write_doc(path, doc, "bench:store-beside") == ["bench:store-beside"]
     text = doc.read_text()
     assert "old" not in text and text.endswith("tail\n")
     assert "| defaults | 10.0, 12.0 | 11.0 | 1.00 |" in text and "| store_beside=always | 9.0, 10.0 | 9.5 | 0.86 |" in text
@@ -90,6 +90,38 @@ def test_the_model_scaling_table_has_a_row_per_watchlist_size():
     text = bench.render_by_models(results(by_models=runs))
     assert "| 1 | 64 | 30.0, 32.0 (median 31.0) | 28.0, 29.0 (median 28.5) | 0.92 | 0.91–0.93 |" in text
     assert "| 8 | 96 |" in text and "8: a, b, c, d, e, f, g, h" in text
+
+
+def full_run() -> dict:
+    ref = {"images": 128, "batched": [40.0, 36.0, 44.0], "reference": [20.0, 20.0, 21.0]}
+    ref["pairs"] = [b / x for b, x in zip(ref["batched"], ref["reference"])]
+    ref["batched_over_reference"] = 40.0 / 20.0
+    runs = {str(k): {"images": 64, "pure": [30.0 / k, 32.0 / k], "e2e": [28.0 / k, 29.0 / k],
+                     "e2e_over_pure": 28.5 / 31.0, "pairs": [28 / 30, 29 / 32], "models": ["a"] * k} for k in (1, 2, 4, 8)}
+    return results(pure={"1": 10.0, "16": 30.0}, reference=ref, by_models=runs, processes_images=256,
+                   processes={"": {"runs": [30.0, 31.0], "median": 30.5}, "workers=2": {"runs": [31.0, 32.0], "median": 31.5}},
+                   latency={"offered_events_per_s": 15.0, "p50_s": 0.25, "p95_s": 0.5, "max_s": 0.75, "n": 512},
+                   **{"args": {"model": "m", "n": 512, "size": 128, "repeats": 3, "worker_batch": 16, "rate_fraction": 0.5}})
+
+
+def test_the_full_run_fills_four_sections_from_one_command_and_draws_the_models_plot(tmp_path):
+    r = full_run()
+    assert list(bench.sections(r)) == ["bench:batch", "bench:models", "bench:processes", "bench:latency"]
+    path = tmp_path / "r.json"
+    path.write_text(__import__("json").dumps(r))
+    doc = tmp_path / "docs" / "PERF.md"
+    doc.parent.mkdir()
+    assert bench.write_doc(path, doc) == ["bench:batch", "bench:models", "bench:processes", "bench:latency"]
+    text = doc.read_text()
+    assert text.count("Made with `.venv/bin/python bench/bench.py --x` (commit abc;") == 4
+    assert "| 3 | 44.0 | 21.0 | 2.10 |" in text and "| **median** | **40.0** | **20.0** | |" in text
+    assert "**Batched / reference loop = 2.00×** (medians); the rounds' ratios range from 1.80 to 2.10." in text
+    assert "model m, 256 images of 128²" in text and "| workers=2 | 31.0, 32.0 | 31.5 | 1.03 |" in text
+    assert "512 events offered at 15.0 events/s (0.5 of the median" in text and "p95 500 ms, max 750 ms" in text
+    png = doc.parent / "img" / "bench-models.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    with pytest.raises(SystemExit, match="fills 4 sections"):
+        bench.write_doc(path, doc, "bench:one")
 
 
 def test_watch_sets_start_with_the_named_model_and_refuse_more_than_the_zoo():
@@ -108,3 +140,21 @@ def test_the_cores_to_feed_a_gpu_are_the_rate_times_the_decode_and_prepare_secon
                              "commit": "abc", "model": "m", "repeats": 3, "gpu_rate": 50.0, "rows": rows})
     assert "| 512² | 1.00 | 2.00 |" in text and "| 12 MP | 5.50 | 20.50 |" in text
     assert "| 512² (1×1) | JPEG | 10 | 1 | 10.0 | 10.0 | 1000 | 50.0 | 0.98 | 100 |" in text
+
+
+def test_the_uploads_plot_is_drawn_from_the_rows(tmp_path):
+    rows = [{"size": size, "width": w, "height": h, "format": fmt, "decode": 0.01 * w / 512, "prepare": 0.01,
+             "score": 1.0, "tile": 512} for size, w, h in (("512²", 512, 512), ("12 MP", 4000, 3000)) for fmt in ("JPEG", "PNG")]
+    uploads.plot({"model": "m", "machine": {"cpu": "x"}, "rows": rows}, tmp_path / "img" / "u.png")
+    assert (tmp_path / "img" / "u.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_steady_rate_opens_once_every_scorer_has_finished_its_first_batch():
+    from datetime import datetime, timedelta
+
+    t0 = datetime(2026, 11, 29)
+    # two scorers side by side: batches of 4 complete at 1.0 and 1.1 s, then every second
+    rows = [{"scored_at": t0 + timedelta(seconds=s)} for s in (1.0, 1.1, 2.0, 2.1, 3.0, 3.1) for _ in range(4)]
+    assert bench.steady_rate(rows, 1) == pytest.approx(20 / 2.1)  # credits the window with the second batch
+    assert bench.steady_rate(rows, 2) == pytest.approx(16 / 2.0)
+    assert bench.steady_rate(rows[:8], 2) == pytest.approx(4 / 0.1)  # two batches: never an empty window

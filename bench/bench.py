@@ -346,6 +346,7 @@ def plot_by_models(r: dict, path: Path) -> None:
     """Events/s against the number of watchlist models: pure scoring and end to end, medians
     with the range of the rounds, on log-log axes (1/k would be a straight line)."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
@@ -360,6 +361,8 @@ def plot_by_models(r: dict, path: Path) -> None:
                     marker=marker, capsize=3, label=label)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.ScalarFormatter())
     ax.set_xticks([int(k) for k in ks], [str(k) for k in ks])
     ax.set_xlabel("watchlist models")
     ax.set_ylabel("events/s")

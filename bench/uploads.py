@@ -161,6 +161,7 @@ def plot(r: dict, path: Path) -> None:
     """Images/s per core against the upload's megapixels, for decoding and preparing alone and
     for all three stages, per format (log-log)."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
@@ -174,6 +175,9 @@ def plot(r: dict, path: Path) -> None:
                 label=f"{fmt}: decode + prepare + score")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.set_xticks([0.25, 1, 4, 12])
+    ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax.set_xlabel("upload, megapixels")
     ax.set_ylabel("images/s per core")
     ax.set_title(f"{r['model']}, tiles of {r['rows'][0]['tile']}², {r['machine']['cpu']}", fontsize=9)

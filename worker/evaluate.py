@@ -13,7 +13,6 @@ prediction is its best match, or `none` when no model matched (no alert).
 
 from __future__ import annotations
 
-
 import json
 import sys
 from dataclasses import dataclass, replace

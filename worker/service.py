@@ -49,6 +49,7 @@ def scoring_layout(scoring: ScoringSettings) -> tuple[tuple[str, ...], int]:
 
 
 def torch_threads() -> int:
+    """Torch's intra-op threads in this process (set once by `configure_process`)."""
     import torch
 
     return torch.get_num_threads()

@@ -328,7 +328,14 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         if isinstance(value, dict):
             return dict(value)
     elif origin is tuple:
-        if isinstance(value, str):
+        if isinstance(value, str) and value.lstrip().startswith("["):  # from the environment: a JSON list
+            import json
+
+            try:
+                value = json.loads(value)
+            except ValueError:
+                pass
+        if isinstance(value, str):  # from the environment: comma-separated
             value = [v.strip() for v in value.split(",") if v.strip()]
         if isinstance(value, list) and all(isinstance(v, str) for v in value):
             return tuple(value)

@@ -98,6 +98,16 @@ def test_a_cgroup_quota_in_whole_cores(text, cores):
     assert quota_cores(text) == cores
 
 
+@pytest.mark.parametrize("value", ["cuda:0,cuda:1", " cuda:0 , cuda:1 ", '["cuda:0", "cuda:1"]', ' ["cuda:0","cuda:1"]'])
+def test_a_list_from_the_environment_is_comma_separated_or_json(value):
+    assert load_settings(None, {"AEDR_SCORING__DEVICES": value}).scoring.devices == ("cuda:0", "cuda:1")
+
+
+def test_a_bad_json_list_from_the_environment_says_which_key():
+    with pytest.raises(ConfigError, match="scoring.devices"):
+        load_settings(None, {"AEDR_SCORING__DEVICES": "[1, 2]"})
+
+
 def test_scorers_and_a_device_list_are_not_both_set():
     with pytest.raises(ConfigError, match="scoring.scorers and scoring.devices"):
         load_settings(None, {"AEDR_SCORING__SCORERS": "2", "AEDR_SCORING__DEVICES": "cpu"})

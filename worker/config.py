@@ -182,6 +182,7 @@ class FetchSettings:
 
 # On a CPU, at most this many automatic scorers: each holds a batch's activations and images.
 MAX_AUTO_CPU_SCORERS = 8
+MAX_SCORERS = 256  # an explicit scoring.scorers above this is a typo, not a machine
 
 
 @dataclass(frozen=True)
@@ -205,8 +206,9 @@ class ScoringSettings:
         On a CPU the default is one scorer per core, each with one torch thread: at the zoo's
         sizes torch's intra-op threads leave much of each extra core unused, while whole batches
         side by side keep every core busy (docs/PERFORMANCE.md, "One process or N processes").
-        Past `MAX_AUTO_CPU_SCORERS` cores the scorers share the rest as intra-op threads, so that
-        the memory held (a batch's activations per scorer) stays bounded. An explicit `threads`
+        Past `MAX_AUTO_CPU_SCORERS` cores each scorer gets ceil(cores / 8) intra-op threads, and
+        there are as many scorers as fill the cores with them (12 cores: 6 × 2), so that the
+        memory held (a batch's activations per scorer) stays bounded. An explicit `threads`
         alone keeps the single scorer of earlier versions; `scorers` alone shares the cores out.
         A device list (several GPUs) is taken as it is: one scorer per entry.
         """
@@ -219,8 +221,8 @@ class ScoringSettings:
             return (self.device,) * self.scorers, self.threads or max(1, cores // self.scorers)
         if self.threads:
             return (self.device,), self.threads
-        scorers = min(cores, MAX_AUTO_CPU_SCORERS)
-        return (self.device,) * scorers, max(1, cores // scorers)
+        threads = -(-cores // MAX_AUTO_CPU_SCORERS)  # ceil: at most MAX_AUTO_CPU_SCORERS scorers
+        return (self.device,) * (cores // threads), threads
 
 
 @dataclass(frozen=True)
@@ -334,7 +336,8 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
             try:
                 value = json.loads(value)
             except ValueError:
-                pass
+                if '"' in value:  # meant as JSON ("[::1]" alone is a host)
+                    raise ConfigError(f"{where}: not a JSON list: {value!r}") from None
         if isinstance(value, str):  # from the environment: comma-separated
             value = [v.strip() for v in value.split(",") if v.strip()]
         if isinstance(value, list) and all(isinstance(v, str) for v in value):
@@ -431,6 +434,8 @@ def _check_ranges(settings: Settings) -> None:
     if settings.batch.store_beside not in STORE_BESIDE_MODES:
         raise ConfigError(f"batch.store_beside must be one of {', '.join(STORE_BESIDE_MODES)}, "
                           f"got {settings.batch.store_beside!r}")
+    if settings.scoring.scorers > MAX_SCORERS:
+        raise ConfigError(f"scoring.scorers must be ≤ {MAX_SCORERS}, got {settings.scoring.scorers}")
     if settings.scoring.scorers and settings.scoring.devices:
         raise ConfigError("scoring.scorers and scoring.devices are both set: devices already lists one scorer per "
                           "entry; set one of them")

@@ -25,9 +25,10 @@ to do.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping
 
@@ -189,7 +190,7 @@ class Autoencoder:
     axis added and removed here; RGBA families (4 input channels) get an opaque alpha (+1) added
     before each encode and the decoded alpha dropped: the worker scores RGB pixels, and an upload
     without alpha is opaque. Video families keep per-call caches on the module, so one
-    `Autoencoder` serves one thread (the worker has one scoring thread per loaded model).
+    `Autoencoder` serves one thread: scorers side by side take `for_another_thread()`.
     """
 
     name: str
@@ -213,6 +214,14 @@ class Autoencoder:
         if self.compile_mode != "off":
             self._roundtrip = torch.compile(self._roundtrip_eager, mode=self.compile_mode, dynamic=False)
 
+
+    def for_another_thread(self) -> "Autoencoder":
+        """This model for a scorer on another thread of the same device: the same object when
+        its module keeps no per-call state (the weights are shared), else a copy with a module
+        of its own (video VAEs cache features on the module during each call)."""
+        if not self.family.frames:
+            return self
+        return replace(self, module=copy.deepcopy(self.module))
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Deterministic latents: the posterior mode, VQ pre-quantisation latents, DC's latent."""
         x = x.to(self.device, self.dtype)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Protocol
 
@@ -79,9 +80,11 @@ def prepare(
     cut: Callable[[np.ndarray], object],
     timer: Callable[[], float] = time.perf_counter,
     inspect: Callable[[bytes, np.ndarray], Findings | None] | None = None,
+    decoding: AbstractContextManager | None = None,
 ) -> Prepared:
     """Decode, validate, fetch, decode the image, `inspect` its provenance, and `cut` it for the
-    models (the scorer's `prepare`). Never raises."""
+    models (the scorer's `prepare`). Never raises. `decoding` is held while the pixels are
+    decoded (a semaphore shared by the scorers: a small upload can decode to hundreds of MB)."""
     event: UploadEvent | None = None
     findings: Findings | None = None
     try:
@@ -92,7 +95,8 @@ def prepare(
         else:
             data = source.fetch(event.image_url or "")
         fetched = timer()
-        pixels = decode_image(data, limits)
+        with decoding or nullcontext():
+            pixels = decode_image(data, limits)
         decoded = timer()
         findings = inspect(data, pixels) if inspect is not None else None
         inspected = timer()

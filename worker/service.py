@@ -38,6 +38,8 @@ from .watchlist import LoadInterrupted, Watchlist
 
 log = logging.getLogger(__name__)
 
+DECODE_SLOTS = 2  # full-resolution decodes at once on a CPU, whatever the number of scorers
+
 
 def scoring_layout(scoring: ScoringSettings) -> tuple[tuple[str, ...], int]:
     """`ScoringSettings.layout` on this machine: the scorers' devices and torch's threads.
@@ -102,12 +104,19 @@ def load_scoring(settings: Settings, entries, *, stop: threading.Event, loaded: 
     """The scorers (`scoring_layout`: one per device, or one per core on a CPU) of watchlist
     `entries`, with their calibrations recorded, and how a message is prepared for them. `serve`
     (at start and on every reload) and `rescan` make theirs here. Scorers on one device share
-    each model's weights (`loaded`)."""
+    the calibrations and each image model's weights (`Watchlist.sibling`)."""
     scoring = settings.scoring
     devices, _ = scoring_layout(scoring)  # torch's threads were set from the same layout at start-up
-    scorers = [Watchlist.load(entries, device, scoring.batch_size, scoring.compile, scoring.channels_last,
-                              scoring.max_batch_pixels, interrupted=stop.is_set, loaded=loaded)
-               for device in devices]
+    by_device: dict[str, Watchlist] = {}
+    scorers = []
+    for device in devices:  # one load per device; the other scorers there are its siblings
+        if device in by_device:
+            scorers.append(by_device[device].sibling())
+        else:
+            by_device[device] = Watchlist.load(entries, device, scoring.batch_size, scoring.compile,
+                                               scoring.channels_last, scoring.max_batch_pixels,
+                                               interrupted=stop.is_set, loaded=loaded)
+            scorers.append(by_device[device])
     watchlist = scorers[0]
     with reaching(database_url):
         store.record_calibrations(watchlist.calibration_records())
@@ -120,8 +129,12 @@ def load_scoring(settings: Settings, entries, *, stop: threading.Event, loaded: 
                        for e in watchlist.entries), len(scorers),
              ", ".join(str(w.entries[0].model.device) for w in scorers))
     images = settings.images
+    # Decoding a hostile upload near images.max_pixels takes hundreds of MB for a moment: a few
+    # at a time, however many scorers (or, on a GPU, prepare threads) decode.
+    on_gpu = scorers[0].entries[0].model.device.type == "cuda"
+    decoding = threading.BoundedSemaphore(max(DECODE_SLOTS, settings.batch.resolved(on_gpu).prepare_threads))
     return ScoringPool(scorers, lambda message, scorer: prepare(message, fetcher, images, scorer.prepare,
-                                                                inspect=provenance.inspect))
+                                                                inspect=provenance.inspect, decoding=decoding))
 
 
 def build(settings: Settings, stop: threading.Event, registry: CollectorRegistry | None = None,

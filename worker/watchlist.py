@@ -12,7 +12,7 @@ through the autoencoders.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -108,6 +108,13 @@ class Watchlist:
                                         entry.mode))
         budget = pixel_budget(entries[0].model.device) if max_pixels < 0 and entries else (max_pixels or None)
         return cls(entries, batch_size, budget)
+
+    def sibling(self) -> "Watchlist":
+        """This watchlist for another scorer on the same device: the same entries, calibrations
+        and thresholds (read once, so every scorer judges alike) and shared weights, except a
+        model whose module keeps per-call state, which gets a module of its own."""
+        return Watchlist([replace(e, model=e.model.for_another_thread()) for e in self.entries],
+                         self.batch_size, self.max_pixels)
 
     def calibration_records(self) -> list[CalibrationRecord]:
         return [

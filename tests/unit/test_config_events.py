@@ -8,7 +8,7 @@ import json
 import pytest
 
 from worker.config import BatchSettings, ConfigError, ScoringSettings, load_settings, mask_url
-from worker.cores import quota_cores
+from worker.cores import cgroup_quota, quota_cores
 from worker.decision import Match, best_match
 from worker.events import InvalidEvent, alert_message, decode_b64_image, decode_event, event_id_hint, UploadEvent
 
@@ -71,7 +71,12 @@ def test_automatic_batch_settings_depend_on_the_device():
     ({}, 1, ("auto",), 1),  # one scorer per core, one torch thread each
     ({}, 2, ("auto",) * 2, 1),
     ({}, 6, ("auto",) * 6, 1),
-    ({}, 64, ("auto",) * 8, 8),  # at most 8 automatic scorers; the rest as their threads
+    ({}, 8, ("auto",) * 8, 1),
+    ({}, 9, ("auto",) * 4, 2),  # past 8 cores: ceil(cores / 8) threads each, as many scorers as fill the cores
+    ({}, 12, ("auto",) * 6, 2),
+    ({}, 15, ("auto",) * 7, 2),
+    ({}, 16, ("auto",) * 8, 2),
+    ({}, 64, ("auto",) * 8, 8),
     ({"AEDR_SCORING__THREADS": "2"}, 16, ("auto",), 2),  # threads alone: the one scorer of before
     ({"AEDR_SCORING__SCORERS": "1"}, 4, ("auto",), 4),  # one scorer: torch's threads fill the cores
     ({"AEDR_SCORING__SCORERS": "3"}, 8, ("auto",) * 3, 2),
@@ -98,14 +103,43 @@ def test_a_cgroup_quota_in_whole_cores(text, cores):
     assert quota_cores(text) == cores
 
 
+@pytest.mark.parametrize("proc, files, cores", [
+    ("0::/\n", {"cpu.max": "200000 100000\n"}, 2),  # v2, the container's own view
+    ("0::/kubepods/pod1/c1\n", {"kubepods/pod1/cpu.max": "400000 100000", "kubepods/pod1/c1/cpu.max": "max 100000",
+                                 "cpu.max": "max 100000"}, 4),  # v2, host namespace: a quota on the pod
+    ("0::/system.slice/aedr.service\n", {"system.slice/aedr.service/cpu.max": "300000 100000",
+                                          "system.slice/cpu.max": "800000 100000"}, 3),  # the tightest wins
+    ("0::/a/../../etc\n", {"etc/cpu.max": "100000 100000"}, None),  # no climbing out of the mount
+    ("4:cpu,cpuacct:/docker/abc\n1:name=systemd:/\n", {"cpu/cpu.cfs_quota_us": "150000\n",
+                                                          "cpu/cpu.cfs_period_us": "100000\n"}, 2),  # v1, docker
+    ("4:cpu,cpuacct:/\n", {"cpu/cpu.cfs_quota_us": "-1", "cpu/cpu.cfs_period_us": "100000"}, None),
+    ("4:cpu,cpuacct:/\n", {"cpu/cpu.cfs_quota_us": "100000"}, None),  # no period: no quota
+    ("", {"cpu.max": "100000 100000"}, None),  # not in a cgroup we can name
+    ("garbage\n::\n0::\n", {}, None),
+])
+def test_the_quota_is_found_on_the_process_cgroup_or_above(proc, files, cores):
+    assert cgroup_quota(proc, files.get) == cores
+
+
 @pytest.mark.parametrize("value", ["cuda:0,cuda:1", " cuda:0 , cuda:1 ", '["cuda:0", "cuda:1"]', ' ["cuda:0","cuda:1"]'])
 def test_a_list_from_the_environment_is_comma_separated_or_json(value):
     assert load_settings(None, {"AEDR_SCORING__DEVICES": value}).scoring.devices == ("cuda:0", "cuda:1")
 
 
-def test_a_bad_json_list_from_the_environment_says_which_key():
+@pytest.mark.parametrize("value", ["[1, 2]", '["cuda:0", ', '["cuda:0" "cuda:1"]'])
+def test_a_bad_json_list_from_the_environment_says_which_key(value):
     with pytest.raises(ConfigError, match="scoring.devices"):
-        load_settings(None, {"AEDR_SCORING__DEVICES": "[1, 2]"})
+        load_settings(None, {"AEDR_SCORING__DEVICES": value})
+
+
+def test_a_bracketed_host_is_still_a_host():
+    assert load_settings(None, {"AEDR_FETCH__ALLOWED_HOSTS": "[::1]"}).fetch.allowed_hosts == ("[::1]",)
+
+
+def test_scorers_have_a_ceiling():
+    assert load_settings(None, {"AEDR_SCORING__SCORERS": "256"}).scoring.scorers == 256
+    with pytest.raises(ConfigError, match="scoring.scorers must be ≤ 256"):
+        load_settings(None, {"AEDR_SCORING__SCORERS": "1000000000000"})
 
 
 def test_scorers_and_a_device_list_are_not_both_set():

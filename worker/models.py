@@ -214,7 +214,6 @@ class Autoencoder:
         if self.compile_mode != "off":
             self._roundtrip = torch.compile(self._roundtrip_eager, mode=self.compile_mode, dynamic=False)
 
-
     def for_another_thread(self) -> "Autoencoder":
         """This model for a scorer on another thread of the same device: the same object when
         its module keeps no per-call state (the weights are shared), else a copy with a module
@@ -222,6 +221,7 @@ class Autoencoder:
         if not self.family.frames:
             return self
         return replace(self, module=copy.deepcopy(self.module))
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Deterministic latents: the posterior mode, VQ pre-quantisation latents, DC's latent."""
         x = x.to(self.device, self.dtype)

@@ -210,9 +210,12 @@ class Autoencoder:
         self._rgba = image_channels(self.kind, dict(self.module.config)) == 4
         if self.channels_last:
             self.module = self.module.to(memory_format=torch.channels_last)
-        self._roundtrip = self._roundtrip_eager
+        # The scoring path calls encode and decode (it keeps the latents), so those are what
+        # `compile_mode` compiles; shapes are fixed per batch.
+        self._encode, self._decode = self._encode_eager, self._decode_eager
         if self.compile_mode != "off":
-            self._roundtrip = torch.compile(self._roundtrip_eager, mode=self.compile_mode, dynamic=False)
+            self._encode = torch.compile(self._encode_eager, mode=self.compile_mode, dynamic=False)
+            self._decode = torch.compile(self._decode_eager, mode=self.compile_mode, dynamic=False)
 
     def for_another_thread(self) -> "Autoencoder":
         """This model for a scorer on another thread of the same device: the same object when
@@ -224,6 +227,18 @@ class Autoencoder:
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Deterministic latents: the posterior mode, VQ pre-quantisation latents, DC's latent."""
+        return self._owned(self._encode(x))
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Pixels in [−1, 1] units (not clamped here); VQ decodes with quantisation, as diffusers does."""
+        return self._owned(self._decode(z))
+
+    def _owned(self, out: torch.Tensor) -> torch.Tensor:
+        """CUDA graphs (`reduce-overhead`) reuse their output buffers at the next call; scoring
+        keeps E(x) while E(x1) is computed, so those outputs are copied out."""
+        return out.clone() if self.compile_mode == "reduce-overhead" else out
+
+    def _encode_eager(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device, self.dtype)
         if self._rgba:
             x = torch.cat([x, torch.ones_like(x[:, :1])], dim=1)
@@ -233,8 +248,7 @@ class Autoencoder:
         z = out.latent_dist.mode() if self.family.latent == "mode" else getattr(out, self.family.latent)
         return z[:, :, 0] if self.family.frames else z
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Pixels in [−1, 1] units (not clamped here); VQ decodes with quantisation, as diffusers does."""
+    def _decode_eager(self, z: torch.Tensor) -> torch.Tensor:
         if self.family.frames:
             z = z.unsqueeze(2)
         x = self.module.decode(z).sample
@@ -243,10 +257,7 @@ class Autoencoder:
         return x[:, :3] if self._rgba else x
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """D(E(x)), compiled when `compile_mode` asks for it (shapes are fixed per batch)."""
-        return self._roundtrip(x)
-
-    def _roundtrip_eager(self, x: torch.Tensor) -> torch.Tensor:
+        """D(E(x))."""
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.decode(self.encode(x))

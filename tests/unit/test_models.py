@@ -80,3 +80,27 @@ def test_unsupported_class_is_refused(tmp_path):
 def test_device_choice():
     assert pick_device("cpu").type == "cpu"
     assert pick_device(None).type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_compile_mode_compiles_what_the_scoring_path_calls(monkeypatch):
+    """`scoring.compile` must reach `encode` and `decode`, which scoring calls (it keeps the
+    latents), not only a round trip that scoring never calls. torch.compile is replaced by a
+    recorder here, so no compiler is needed; the scores must not change."""
+    from worker.models import from_module
+
+    compiled: list[str] = []
+
+    def fake_compile(fn, mode=None, dynamic=None):
+        def run(*args):
+            compiled.append(f"{fn.__name__}:{mode}")
+            return fn(*args)
+        return run
+
+    images = random_images(4, 32, 32)
+    eager = score_images(from_module(build_module("kl"), "kl"), images)
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    model = from_module(build_module("kl"), "kl", compile_mode="default")
+    scores = score_images(model, images)
+    assert sorted(set(compiled)) == ["_decode_eager:default", "_encode_eager:default"]
+    assert compiled.count("_encode_eager:default") == 2  # E(x) and E(x1)
+    assert [s.score for s in scores] == pytest.approx([s.score for s in eager], rel=1e-6)

@@ -83,7 +83,7 @@ def end_to_end(module, device: str, size: int, n: int, repeats: int, batch: int,
     """Pure scoring and `aedr serve` end to end on `device`, interleaved; bf16 weights."""
     from bench.bench import pure_layout, pure_watchlist, steady_rate
     from worker.corpus import png_bytes, upload_event
-    from worker.harness import ServeLauncher, produce_values
+    from worker.harness import ServeLauncher, produce_values, wait_for
     from worker.kafka_io import LocalBroker
     from worker.models import load_autoencoder
     from worker.offline import calibrate
@@ -115,12 +115,11 @@ def end_to_end(module, device: str, size: int, n: int, repeats: int, batch: int,
             serve = launcher.start()
             store = SqlStore.from_url(db)
             try:
-                deadline = time.monotonic() + 300
-                while store.count_events() < n:
-                    if serve.proc.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError(f"the worker stored {store.count_events()} of {n} events:\n"
-                                           + serve.log()[-3000:])
-                    time.sleep(0.2)
+                wait_for(lambda: store.count_events() >= n or serve.proc.poll() is not None, 300,
+                         f"{n} events stored", interval=0.2, diagnostics=lambda: serve.log()[-3000:])
+                if store.count_events() < n:
+                    raise RuntimeError(f"the worker exited after storing {store.count_events()} of {n} events:\n"
+                                       + serve.log()[-3000:])
                 out["e2e"].append(steady_rate(store.events(), len(pure_layout()[0])))
             finally:
                 store.close()

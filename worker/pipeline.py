@@ -14,9 +14,12 @@ What the loop owns:
   bounded; heartbeats run on the client's own thread;
 - overlap: on a GPU (`batch.inflight = 2`) a second batch is queued per scorer and the loop
   keeps polling and completing beside the device. On a CPU (`inflight = 1`) the loop waits
-  while a batch is scored: torch's threads fill the cores, and anything running beside them
-  slows them more than it saves (docs/PERFORMANCE.md). A batch is stored beside the next one's
-  scoring only when storing is slow (`batch.store_beside`, worker.overlap);
+  while every scorer is busy. A scorer is free again once its batch is scored, even while an
+  older batch is still being scored elsewhere: completion waits for the head, the scorers do
+  not (at most two batches per scorer are held, scored or not). A single CPU scorer is the
+  exception: its torch threads fill the cores, and anything running beside them slows them more
+  than it saves (docs/PERFORMANCE.md), so a batch is stored beside the next one's scoring only
+  when storing is slow (`batch.store_beside`, worker.overlap);
 - a scorer that cannot score at all (`ScoringUnavailable`: a lost device, broken weights) is
   our fault, not the events': the batch is retried with backoff, nothing is dead-lettered or
   committed, and readiness fails meanwhile. So is a burst of dead letters when the optional
@@ -71,6 +74,24 @@ class InFlight:
     retry_at: float = 0.0
 
 
+def first_of(futures: list[Future]) -> Future | None:
+    """A future that is done when the first of `futures` is (None for none)."""
+    if not futures:
+        return None
+    if len(futures) == 1:
+        return futures[0]
+    first: Future = Future()
+
+    def settle(_: Future) -> None:
+        try:
+            first.set_result(None)
+        except Exception:  # concurrent.futures.InvalidStateError: another one was first
+            pass
+    for f in futures:
+        f.add_done_callback(settle)
+    return first
+
+
 class Worker:
     """The consume loop: poll → window → prepare → score → complete, with the in-flight queue,
     backoff, fault holds, reload and drain.
@@ -123,6 +144,7 @@ class Worker:
         self._serial = batch.inflight == 1
         self._overlap = StoreOverlap(batch.store_beside)  # on a CPU: store beside the scoring, or between?
         self._max_inflight = batch.inflight * scoring.size
+        self._one_cpu_scorer = self._serial and scoring.size == 1
         metrics.batch_max_size.set(batch.max_size)
 
     @property
@@ -148,7 +170,7 @@ class Worker:
         """One turn: finish scored batches (store, publish, commit) before polling, so that a
         rebalance during the poll finds nothing finished and uncommitted; then poll, control the
         flow, start new batches, and report lag and liveness."""
-        if self._serial and self._scoring() >= self._max_inflight and (pending := self._pending()) is not None:
+        if self._serial and not self._room() and (pending := self._pending()) is not None:
             self._wait(pending, 1.0)  # heartbeats run on the client's own thread
         self._complete_done()
         self.completion.commit_pending()
@@ -189,7 +211,7 @@ class Worker:
             now = self.clock.monotonic()
             if now >= deadline:
                 break
-            while self._buffer and self._scoring() < self._max_inflight:
+            while self._buffer and self._room():
                 self._start_batch()
             head = self._inflight[0]
             pending = head.finishing or head.scored
@@ -216,6 +238,8 @@ class Worker:
 
     def _poll_timeout_ms(self) -> int:
         if self._inflight:
+            if not self._reloading and self._room() and self._batch_ready():
+                return 0  # a scorer is free and a batch waits for it: start it after a quick poll
             head = self._inflight[0]
             if head.finishing is not None and not head.finishing.done():
                 return 10  # being stored: the loop polls, and starts the next batch when it is due
@@ -293,23 +317,38 @@ class Worker:
             self.health.finished()
 
     def _start_ready(self) -> None:
-        while not self._reloading and self._scoring() < self._max_inflight and self._batch_ready():
+        while not self._reloading and self._room() and self._batch_ready():
             self._start_batch()
 
     def _scoring(self) -> int:
-        """Batches that hold a scorer: all in flight but a head that is being completed, when its
-        store runs beside the next batch's scoring (always on a GPU; on a CPU when storing is
-        slow, worker.overlap, so that a far database does not set the pace)."""
-        head_done = (bool(self._inflight) and self._inflight[0].completing is not None
-                     and (not self._serial or self._overlap.beside()))
-        return len(self._inflight) - head_done
+        """Batches that hold a scorer: those whose scoring has not finished (or that wait to be
+        scored again). A single CPU scorer is also held by a scored head until it is completed,
+        unless its store runs beside the next batch's scoring (worker.overlap: when storing is
+        slow, so that a far database does not set the pace)."""
+        busy = sum(1 for b in self._inflight if b.scored is None or not b.scored.done())
+        if self._one_cpu_scorer and self._inflight:
+            head = self._inflight[0]
+            scored = head.scored is not None and head.scored.done()
+            if scored and not (head.completing is not None and self._overlap.beside()):
+                busy += 1
+        return busy
+
+    def _room(self) -> bool:
+        """A scorer is free, and fewer than two batches per scorer are held, scored or not (the
+        bound on the images held while a slow head is completed)."""
+        return self._scoring() < self._max_inflight and len(self._inflight) < 2 * self._max_inflight
 
     def _pending(self) -> Future | None:
-        """What the loop waits on when every scorer is busy: the head's store, else the first
-        scoring not done (None: nothing to wait on, as while a retry's backoff runs)."""
-        futures = [self._inflight[0].finishing] if self._inflight else []
-        futures += [b.scored for b in self._inflight]
-        return next((f for f in futures if f is not None and not f.done()), None)
+        """What the loop waits on when it has no room: the first of the head's store and the
+        scorings not done. None when there is nothing to wait on: the head can be completed now,
+        or a retry's backoff runs and nothing else is being scored."""
+        if not self._inflight:
+            return None
+        head = self._inflight[0]
+        if (head.finishing.done() if head.finishing is not None else head.scored is not None and head.scored.done()):
+            return None
+        futures = [head.finishing, *(b.scored for b in self._inflight)]
+        return first_of([f for f in futures if f is not None and not f.done()])
 
     def _maybe_reload(self) -> None:
         """A reload waits for the batches in flight to be committed; then the new watchlist

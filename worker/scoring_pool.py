@@ -1,7 +1,8 @@
 """The scoring stage: one thread per device, each with its own copy of the watchlist, and the
 isolation of an image that makes a model fail.
 
-A batch goes to the scorers in turn. On its thread it is prepared (unless a prepare pool already
+A batch goes to the scorer with the fewest batches queued (in turn among equals), so that a
+scorer that finished early takes the next batch while a slower one is still busy. On its thread it is prepared (unless a prepare pool already
 did it), scored through every watched model, and judged by the same scorer that scored it, so
 verdicts and thresholds always come from one watchlist. A batch that raises is split in halves
 until the failing images are found; the rest of the batch is scored. Then a known-good probe image
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -110,7 +112,8 @@ def score_isolating(scorer: Scorer, prepared: Sequence[Prepared]) -> tuple[list[
 
 
 class ScoringPool:
-    """The scorers (one per device) and their threads; batches go to them in turn."""
+    """The scorers (one per device, or one per core on a CPU) and their threads; a batch goes to
+    the least busy scorer."""
 
     def __init__(self, scorers: Sequence[Scorer], prepare: Callable[[Message, Scorer], Prepared],
                  executors: Sequence[Executor] | None = None):
@@ -118,6 +121,8 @@ class ScoringPool:
         self._prepare = prepare
         self._executors = list(executors) if executors is not None else None
         self._next = 0
+        self._queued = [0] * len(self.scorers)  # batches submitted to each scorer and not finished
+        self._lock = threading.Lock()  # the counts are lowered on the scorers' threads
 
     @property
     def size(self) -> int:
@@ -132,13 +137,27 @@ class ScoringPool:
             self._executors = [ThreadPoolExecutor(1, thread_name_prefix=f"score{i}") for i in range(self.size)]
 
     def submit(self, items: Sequence[Work]) -> Future:
-        """Future[ScoredBatch] for `items`, scored by the next scorer in turn."""
+        """Future[ScoredBatch] for `items`, scored by the scorer with the fewest batches queued;
+        among equals, the next in turn."""
         if self._executors is None:
             self.start()
         assert self._executors is not None
-        k = self._next
+        with self._lock:
+            k = min(range(self.size), key=lambda i: (self._queued[i], (i - self._next) % self.size))
+            self._queued[k] += 1
         self._next = (k + 1) % self.size
-        return self._executors[k].submit(self._run, self.scorers[k], list(items))
+        future = self._executors[k].submit(self._run, self.scorers[k], list(items))
+        future.add_done_callback(lambda _: self._finished(k))
+        return future
+
+    def _finished(self, k: int) -> None:
+        with self._lock:
+            self._queued[k] -= 1
+
+    def queued(self) -> tuple[int, ...]:
+        """Batches submitted to each scorer and not finished yet."""
+        with self._lock:
+            return tuple(self._queued)
 
     def _run(self, scorer: Scorer, items: list[Work]) -> ScoredBatch:
         prepared = [w.prepared.result() if w.prepared is not None else self._prepare(w.message, scorer) for w in items]

@@ -81,9 +81,10 @@ class Rig:
 
 def rig(watchlist, partitions: dict[int, list[bytes]], *, store: MemoryStore | None = None, scorer=None,
         executor=None, producer_factory=None, guard: GuardSettings = GuardSettings(),
-        inspect=None, threaded: bool = False, **batch) -> Rig:
+        inspect=None, threaded: bool = False, scorers: list[ManualExecutor] | None = None, **batch) -> Rig:
     """A worker on a fake broker; `threaded`: stores and publishes on a completion executor
-    (a ManualExecutor that runs when the loop waits on it), as `aedr serve` does."""
+    (a ManualExecutor that runs when the loop waits on it), as `aedr serve` does. `scorers`:
+    one scorer per executor, each run only by the test (the loop never waits)."""
     clock = FakeClock()
     broker = FakeBroker(clock=clock)
     broker.create_topic("uploads", max(partitions) + 1 if partitions else 1)
@@ -101,8 +102,9 @@ def rig(watchlist, partitions: dict[int, list[bytes]], *, store: MemoryStore | N
     completion = Completion(store, ProducerSlot(producer_factory or broker.producer), consumer, metrics, clock, health,
                             publishing, retry, ledger)
     fetcher = Fetcher(FetchSettings(), 10**7)
-    pool = ScoringPool([scorer or watchlist], lambda m, s: prepare(m, fetcher, ImageSettings(), s.prepare, inspect=inspect),
-                       executors=[executor or InlineExecutor()])
+    pool = ScoringPool([scorer or watchlist] * len(scorers or [None]),
+                       lambda m, s: prepare(m, fetcher, ImageSettings(), s.prepare, inspect=inspect),
+                       executors=scorers or [executor or InlineExecutor()])
     settings = BatchSettings(**{"max_size": 4, "max_wait_ms": 50, "max_buffered": 8, "prepare_threads": 0,
                                 **batch}).resolved(on_gpu=False)
     waits = [e.wait for e in (executor,) if isinstance(e, ManualExecutor)]
@@ -111,10 +113,10 @@ def rig(watchlist, partitions: dict[int, list[bytes]], *, store: MemoryStore | N
         waits.append(completer.wait)
 
     def wait(future, timeout: float) -> bool:
-        return any(w(future, timeout) for w in waits)
+        return any(w(future, timeout) for w in waits) if waits else future.done()
 
     worker = Worker(consumer, pool, completion, publishing, settings, retry, clock, metrics, health,
-                    threading.Event(), wait=wait if waits else None, guard=guard,
+                    threading.Event(), wait=wait if waits or scorers else None, guard=guard,
                     lag=LagMonitor(consumer, "uploads", ledger, metrics, clock, interval_s=0),
                     complete_executor=completer)
     if completer is not None:  # the completion thread runs between two turns of the loop (or when it waits)
@@ -287,6 +289,47 @@ def test_serial_mode_leaves_the_model_alone_and_loses_nothing(watchlist, infligh
         assert executor.waits >= 4 and max(pending_at_poll) == 0
     else:
         assert max(pending_at_poll) > 0
+
+
+def test_a_scorer_that_finishes_first_takes_the_next_batch_while_the_head_is_still_scored(watchlist):
+    """Two CPU scorers: while the oldest batch is still being scored, the other scorer's batch
+    finishes, and that scorer starts the next batch at once (completion still waits for the
+    head, so commits stay in order). At most two batches per scorer are held."""
+    images = random_images(24, 32, 32, seed=9)
+    first, second = ManualExecutor(), ManualExecutor()
+    r = rig(watchlist, {0: [event(f"e{i}", im) for i, im in enumerate(images)]}, scorers=[first, second],
+            max_size=4, max_buffered=24)
+    for _ in range(3):
+        r.worker.step()
+        r.clock.advance(0.1)
+    assert (len(first.pending), len(second.pending)) == (1, 1)  # one batch per scorer
+    for _ in range(3):  # the head (on `first`) stays unscored; `second` finishes each batch it gets
+        assert second.run_next()
+        r.worker.step()
+        r.clock.advance(0.1)
+    # the second scorer has taken a new batch each time; the loop holds 4 batches (2 per
+    # scorer) and waits for the head before it takes more
+    assert len(first.pending) == 1 and len(r.worker._inflight) == 4
+    assert not second.pending and r.worker.committed_events == 0
+    while first.run_next() or second.run_next():
+        r.worker.step()
+    r.step_until_committed(24, between=lambda: first.run_all() or second.run_all())
+    assert r.store.count_events() == 24
+    offsets = [c[P0] for c in r.consumer.commits]
+    assert offsets == sorted(offsets) and offsets[-1] == 24
+
+
+def test_the_pool_gives_a_batch_to_the_least_busy_scorer(watchlist):
+    first, second, third = ManualExecutor(), ManualExecutor(), ManualExecutor()
+    pool = ScoringPool([watchlist] * 3, lambda m, s: None, executors=[first, second, third])
+    futures = [pool.submit([]) for _ in range(3)]
+    assert pool.queued() == (1, 1, 1)
+    second.run_next()  # its batch finishes (with an error here: nothing to prepare)
+    assert futures[1].done() and pool.queued() == (1, 0, 1)
+    pool.submit([])
+    assert pool.queued() == (1, 1, 1) and len(second.pending) == 1
+    pool.submit([]), pool.submit([])
+    assert pool.queued() == (2, 1, 2)  # among equals, the next in turn after the last chosen
 
 
 def test_a_partition_that_moves_is_not_committed_and_nothing_is_dropped(watchlist):

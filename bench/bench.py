@@ -225,18 +225,48 @@ def e2e_throughput(stack: Stack, images, models: list[str], max_size: int, worke
 
 
 def steady_rate(rows: list[dict], concurrent: int | None = None) -> float:
-    """Events/s in the steady state: events scored after the first `concurrent` batches (one
-    per scorer, which run side by side from the start; by default one per usable core, the
-    most that the worker's scorers or one-thread processes run at once here), over the time from the last of those
-    batches' completion to the last batch's. Like pure scoring (measured after a warm-up of one
-    batch per scorer), this leaves out start-up: group join, and the first calls of each shape,
-    where oneDNN builds its kernels. Counting from the first completion instead would credit the
-    window with batches that other scorers worked on before it opened."""
-    stamps = sorted(r["scored_at"] for r in rows)
-    batches = sorted(set(stamps))  # the events of a batch share its completion time
-    start = batches[max(1, min(concurrent or usable_cores(), len(batches) - 1)) - 1]
-    later = [t for t in stamps if t > start]
-    return len(later) / (stamps[-1] - start).total_seconds()
+    """Events/s of stored rows in the steady state (`window_rate`): the events of a batch share
+    its completion time (`scored_at`). `concurrent` is the number of scorers side by side: by
+    default one per usable core, the most that the worker's scorers or one-thread processes run
+    at once here."""
+    batches: dict = {}
+    for r in rows:
+        batches[r["scored_at"]] = batches.get(r["scored_at"], 0) + 1
+    t0 = min(batches) if batches else None
+    return window_rate([((t - t0).total_seconds(), n) for t, n in batches.items()], concurrent or usable_cores())
+
+
+def window_rate(completions: list[tuple[float, int]], concurrent: int) -> float:
+    """Events/s while every one of `concurrent` scorers had work, from batches' (completion
+    time, events). The same estimator for pure scoring and for the worker end to end:
+    - the first round of completions (one per scorer) is left out: start-up (group join, and the
+      first calls of each shape, where oneDNN builds its kernels);
+    - so is the last round: then fewer batches are left than scorers, and a scorer that finished
+      early idles for want of work, not for want of speed;
+    - the rate is the slope of a least-squares line through the cumulative events at each
+      completion, over whole rounds of `concurrent` completions in between. When the scorers
+      are not equally fast (one shares its core with the loop, the broker or the database), the
+      faster one completes more batches and the slope counts them; a span from one completion
+      to another counts the scorers' batches in turns and credits the slower one's pace to all;
+    - the rounds start where they are tightest (scorers in step complete close together), so
+      that the line's ends cut no round in two whatever the scorers' phase.
+    tests/unit/test_bench_reports.py simulates scorers to bound its error (2 % at 12 batches of
+    2 scorers, 1 % at 16). With fewer than two whole rounds in between, it is the span from the
+    first round's last completion to the last completion."""
+    times = sorted(completions)
+    if len(times) < 2:
+        raise ValueError("a rate needs at least two batch completions")
+    c = max(1, concurrent)
+    at = np.array([t for t, _ in times])
+    done = np.cumsum([n for _, n in times])
+    windows = [(sum(at[lo + k * c + c - 1] - at[lo + k * c] for k in range(rounds)), lo, rounds)
+               for lo in range(c, 2 * c) if (rounds := (len(times) - c - lo) // c) >= 2]
+    if not windows:
+        opened = min(c, len(times) - 1) - 1
+        return float((done[-1] - done[opened]) / (at[-1] - at[opened]))
+    _, lo, rounds = min(windows)
+    hi = lo + rounds * c
+    return float(np.polyfit(at[lo:hi], done[lo:hi], 1)[0])
 
 
 def latency_at_rate(stack: Stack, images, models: list[str], max_size: int, rate: float) -> dict[str, float]:
@@ -390,7 +420,7 @@ def main() -> None:
                         help="only the headline: interleaved pure and end-to-end runs (1 model) and their ratio")
     parser.add_argument("--by-models", nargs="*", type=int, default=None, metavar="K",
                         help="only interleaved pure and end-to-end runs for watchlists of K zoo models "
-                             "(default 1 2 4 8), n/K images each (at least 6 batches), and their ratios")
+                             "(default 1 2 4 8), n/K images each (at least 16 batches), and their ratios")
     parser.add_argument("--compare", nargs="+", default=None, metavar="SETTINGS",
                         help="only interleaved end-to-end runs (1 model), --repeats rounds, of these settings: "
                              "each a comma-separated list of KEY=VALUE ([batch] keys, scoring.KEY, or workers=N: "
@@ -467,7 +497,7 @@ def main() -> None:
     print(render(results))
 
 
-REFERENCE_IMAGES = 128  # the per-image loop is slow; this many images per round
+REFERENCE_IMAGES = 256  # the per-image loop is slow; this many images per round (16 batches)
 PROCESS_IMAGES = 256
 
 
@@ -501,6 +531,7 @@ def interleaved(workdir: Path, name: str, images, worker_batch: int, repeats: in
 
 
 MODEL_COUNTS = (1, 2, 4, 8)
+MIN_BATCHES = 16  # per run: `window_rate` is within 1 % of the truth from 16 batches of 2 scorers
 
 
 def watch_sets(first: str, counts) -> dict[int, list[str]]:
@@ -520,23 +551,26 @@ def pure_watchlist(models: list, images, worker_batch: int, budget: int | None) 
     """Events/s of pure scoring through every model of a watchlist, laid out as the worker lays
     out its scorers on this machine by default (`scoring_layout`: on a CPU, one thread per core
     scoring whole batches side by side, one torch thread each), after a warm-up of one batch per
-    scorer. No decoding, broker, database or alerts: what the worker's scoring alone can do."""
+    scorer. No decoding, broker, database or alerts: what the worker's scoring alone can do. The
+    rate is taken over the same window as the worker's (`window_rate`)."""
     devices, threads = pure_layout()
     batches = [images[i:i + worker_batch] for i in range(0, len(images), worker_batch)]
+    completions: list[tuple[float, int]] = []
 
     def score(batch) -> None:
         for m in models:
             score_images(m, batch, batch_size=worker_batch, max_pixels=budget)
+        completions.append((time.perf_counter(), len(batch)))
 
     before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
         with ThreadPoolExecutor(len(devices)) as pool:
-            list(pool.map(score, batches[:len(devices)]))
-            started = time.perf_counter()
+            list(pool.map(score, batches[:len(devices)]))  # warm-up: every scorer builds its kernels
+            completions.clear()
             list(pool.map(score, batches))
-            return len(images) / (time.perf_counter() - started)
+            return window_rate(completions, len(devices))
     finally:
         torch.set_num_threads(before)
 
@@ -546,20 +580,25 @@ def by_models(workdir: Path, sets: dict[int, list[str]], images, worker_batch: i
     round. Each end-to-end run gets a fresh broker and database: the test broker keeps every
     record in memory and costs more as it holds more, which would slow each run more than the one
     before. A watchlist of k models
-    scores n/k images (at least 6 batches), so that every size takes about as long."""
+    scores n/k images (at least MIN_BATCHES batches), so that every size takes about as long, and
+    odd rounds run end to end first, so that a drift of the machine's speed within a round falls
+    on both sides alike."""
     loaded = {name: load_autoencoder(str(zoo_model(name).path), device="cpu") for name in {n for v in sets.values() for n in v}}
     budget = pixel_budget(next(iter(loaded.values())).device)
-    runs = {k: {"images": max(len(images) // k, 6 * worker_batch), "pure": [], "e2e": []} for k in sets}
+    runs = {k: {"images": max(len(images) // k, MIN_BATCHES * worker_batch), "pure": [], "e2e": []} for k in sets}
     for i in range(repeats):
         for k, names in sets.items():
             subset = images[: runs[k]["images"]]
             log(f"round {i + 1}/{repeats}: {k} model(s), {len(subset)} images …")
-            runs[k]["pure"].append(pure_watchlist([loaded[n] for n in names], subset, worker_batch, budget))
-            stack = Stack(workdir / f"models-{k}-{i}")
-            try:
-                runs[k]["e2e"].append(e2e_throughput(stack, subset, names, worker_batch))
-            finally:
-                stack.close()
+            for side in (("pure", "e2e") if i % 2 == 0 else ("e2e", "pure")):
+                if side == "pure":
+                    runs[k]["pure"].append(pure_watchlist([loaded[n] for n in names], subset, worker_batch, budget))
+                    continue
+                stack = Stack(workdir / f"models-{k}-{i}")
+                try:
+                    runs[k]["e2e"].append(e2e_throughput(stack, subset, names, worker_batch))
+                finally:
+                    stack.close()
     for k, v in runs.items():
         v["models"] = sets[k]
         v["e2e_over_pure"] = float(np.median(v["e2e"]) / np.median(v["pure"]))

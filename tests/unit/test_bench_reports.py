@@ -153,8 +153,40 @@ def test_the_steady_rate_opens_once_every_scorer_has_finished_its_first_batch():
     from datetime import datetime, timedelta
 
     t0 = datetime(2026, 11, 29)
-    # two scorers side by side: batches of 4 complete at 1.0 and 1.1 s, then every second
-    rows = [{"scored_at": t0 + timedelta(seconds=s)} for s in (1.0, 1.1, 2.0, 2.1, 3.0, 3.1) for _ in range(4)]
-    assert bench.steady_rate(rows, 1) == pytest.approx(20 / 2.1)  # credits the window with the second batch
-    assert bench.steady_rate(rows, 2) == pytest.approx(16 / 2.0)
+    # two scorers side by side, 8 events/s together: batches of 4 complete at 1.0 and 1.1 s, then
+    # every second
+    # the first round is slow (start-up: 3 s instead of 1), then every second
+    stamps = [k + d for k in (3, *range(4, 11)) for d in (0.0, 0.1)]
+    rows = [{"scored_at": t0 + timedelta(seconds=s)} for s in stamps for _ in range(4)]
+    assert bench.steady_rate(rows, 2) == pytest.approx(8.0, rel=0.01)
     assert bench.steady_rate(rows[:8], 2) == pytest.approx(4 / 0.1)  # two batches: never an empty window
+
+
+def batches_taken_when_free(seconds_per_batch: list[float], batches: int, start=None) -> list[tuple[float, int]]:
+    """(completion time, events) of batches of 4, each taken by the first scorer to be free."""
+    free = list(start or [0.0] * len(seconds_per_batch))
+    out = []
+    for _ in range(batches):
+        k = min(range(len(free)), key=free.__getitem__)
+        free[k] += seconds_per_batch[k]
+        out.append((free[k], 4))
+    return out
+
+
+@pytest.mark.parametrize("start", [[0.0, 0.01], [0.0, 0.5], [0.0, 0.7], [0.0, 0.9], [0.0, 0.3, 0.6]])
+def test_the_window_rate_of_equal_scorers_holds_whatever_their_phase(start):
+    scorers = len(start)
+    completions = batches_taken_when_free([1.0] * scorers, 16, start)
+    assert bench.window_rate(completions, scorers) == pytest.approx(4.0 * scorers, rel=0.015)
+
+
+def test_the_window_rate_counts_a_faster_scorer_and_leaves_out_the_idle_tail():
+    speeds = [0.78, 0.876]  # as measured: one scorer shares its core with the loop
+    true = sum(4 / s for s in speeds)
+    completions = batches_taken_when_free(speeds, 16)
+    span = sum(n for _, n in sorted(completions)[2:]) / (max(completions)[0] - sorted(completions)[1][0])
+    rate = bench.window_rate(completions, 2)
+    assert rate == pytest.approx(true, rel=0.02)
+    assert span < 0.96 * true  # the span to the last completion charges the run for its tail
+    with pytest.raises(ValueError):
+        bench.window_rate([(1.0, 4)], 2)

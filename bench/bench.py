@@ -60,7 +60,7 @@ from worker.corpus import model_images, png_bytes, upload_event  # noqa: E402
 from worker.harness import ServeLauncher, ServeProcess, postgres_database, produce_values  # noqa: E402
 from worker.kafka_io import LocalBroker, ensure_topics  # noqa: E402
 from worker.models import load_autoencoder  # noqa: E402
-from worker.scoring import homogeneity, pixel_budget, score_images  # noqa: E402
+from worker.scoring import GLCM_LEVELS, gray_levels, pixel_budget, score_images  # noqa: E402
 from worker.service import scoring_layout  # noqa: E402
 from worker.storage import SqlStore  # noqa: E402
 from worker.zoo import ZOO, zoo_model  # noqa: E402
@@ -92,7 +92,13 @@ def pure_throughput(model, images: list[np.ndarray], batch_size: int, max_pixels
 
 def reference_loop(model_dir: Path, files: list[Path]) -> float:
     """One image at a time, as the reference code: eager module, no channels_last, sampled
-    latents with one generator, `.item()` after each pass, and GLCM from a second file read."""
+    latents with one generator, `.item()` after each pass, and the GLCM from a second file read
+    with scikit-image's `graycomatrix` and `graycoprops`, as cal_GLCM.py does (the worker's own
+    `homogeneity` gives the same number without the matrix). One image first, untimed: the
+    paper's loop runs over a whole dataset, where the first call's kernel building is lost, as
+    batched scoring gets its warm-up."""
+    from skimage.feature import graycomatrix, graycoprops
+
     model = load_autoencoder(str(model_dir), device="cpu", channels_last=False)
     module = model.module
     generator = torch.Generator().manual_seed(1)
@@ -101,18 +107,27 @@ def reference_loop(model_dir: Path, files: list[Path]) -> float:
         out = module.encode(x)
         return out.latent_dist.sample(generator=generator) if model.kind == "kl" else out.latents
 
-    started = time.perf_counter()
-    for path in files:
+    def losses(path: Path) -> None:
         image = np.asarray(Image.open(path).convert("RGB"))
-        x = torch.from_numpy(image.copy()).permute(2, 0, 1)[None].float() / 255.0 * 2 - 1
-        current = x
+        current = torch.from_numpy(image.copy()).permute(2, 0, 1)[None].float() / 255.0 * 2 - 1
         for _ in range(2):
             with torch.no_grad():
                 reconstruction = module.decode(encode(current)).sample
                 torch.nn.functional.mse_loss(reconstruction, current).item()
             current = reconstruction
+
+    def glcm(path: Path) -> float:
+        levels = gray_levels(np.asarray(Image.open(path).convert("RGB")))
+        matrix = graycomatrix(levels, distances=[1], angles=[0], levels=GLCM_LEVELS, symmetric=True, normed=True)
+        return float(graycoprops(matrix, "homogeneity")[0, 0])
+
+    losses(files[0])
+    glcm(files[0])
+    started = time.perf_counter()
+    for path in files:
+        losses(path)
     for path in files:  # cal_GLCM.py: a separate pass over the files
-        homogeneity(np.asarray(Image.open(path).convert("RGB")))
+        glcm(path)
     return len(files) / (time.perf_counter() - started)
 
 

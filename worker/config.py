@@ -137,11 +137,13 @@ class BatchSettings:
     max_wait_ms: int = 50
     max_buffered: int = 64  # partitions are paused while this many events wait
     prepare_threads: int = -1  # fetch/decode/GLCM threads; 0 = on the scoring thread; -1 = auto (0 on CPU, 4 on CUDA)
-    # Batches in flight per scorer. 1: the loop waits while a batch is scored; 2: it polls,
-    # prepares and completes beside the device. -1 = auto (1 on CPU, 2 on CUDA).
+    # Batches being scored per scorer. 1: the loop waits while every scorer is busy; 2: it polls,
+    # prepares and completes beside the device. -1 = auto (1 on CPU, 2 on CUDA). At most twice
+    # this many batches per scorer are held, scored or not, while an older one is completed.
     inflight: int = -1
-    # On a CPU (inflight = 1), whether a scored batch is stored and published beside the next
-    # batch's scoring: auto | always | never (worker.overlap; auto: only when storing is slow).
+    # With a single CPU scorer (inflight = 1), whether a scored batch is stored and published
+    # beside the next batch's scoring: auto | always | never (worker.overlap; auto: only when
+    # storing is slow). With several, a batch is stored while the other scorers work.
     store_beside: str = "auto"
 
     def resolved(self, on_gpu: bool) -> "BatchSettings":

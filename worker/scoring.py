@@ -189,8 +189,13 @@ def homogeneity(image: np.ndarray) -> float:
 def _highpass_energy(d: torch.Tensor) -> torch.Tensor:
     """Per-image mean of (d − its 3×3 box mean)², replicate padding: the residual's energy above
     the lowest frequencies. A decoder's own output comes back with a smooth residual; a photo's
-    residual keeps the fine detail the decoder cannot make."""
-    smooth = torch.nn.functional.avg_pool2d(torch.nn.functional.pad(d, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+    residual keeps the fine detail the decoder cannot make.
+
+    The 3×3 box is summed as rows then columns on a contiguous copy: `avg_pool2d` on the
+    decoder's channels-last output took 4× as long, about 3 % of a batch's scoring on a CPU."""
+    padded = torch.nn.functional.pad(d.contiguous(), (1, 1, 1, 1), mode="replicate")
+    rows = padded[..., :-2] + padded[..., 1:-1] + padded[..., 2:]
+    smooth = (rows[..., :-2, :] + rows[..., 1:-1, :] + rows[..., 2:, :]) / 9.0
     return (d - smooth).pow(2).mean(dim=(1, 2, 3))
 
 

@@ -193,3 +193,15 @@ def test_batches_respect_the_pixel_budget_and_keep_every_index():
     assert max(len(b) for b in batches if b[0] >= 10) == 16  # 16 × 64² = 65 536
     huge = list(batches_by_shape([np.zeros((512, 512, 3), np.uint8)] * 3, batch_size=16, max_pixels=65_536))
     assert [len(b) for b in huge] == [1, 1, 1]  # never fewer than one image
+
+
+@pytest.mark.parametrize("shape", [(3, 3, 17, 29), (8, 3, 64, 64), (1, 3, 1, 1), (2, 3, 2, 5)])
+def test_the_highpass_energy_is_the_residual_from_a_replicate_padded_3x3_box_mean(shape):
+    """The separable box sum against its definition (avg_pool2d), in both memory formats."""
+    from worker.scoring import _highpass_energy
+
+    d = torch.randn(*shape, generator=torch.Generator().manual_seed(sum(shape)))
+    box = torch.nn.functional.avg_pool2d(torch.nn.functional.pad(d, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+    expected = (d - box).pow(2).mean(dim=(1, 2, 3))
+    for x in (d, d.contiguous(memory_format=torch.channels_last)):
+        assert torch.allclose(_highpass_energy(x), expected, rtol=1e-5, atol=1e-8)

@@ -181,7 +181,7 @@ def test_the_window_rate_of_equal_scorers_holds_whatever_their_phase(start):
 
 
 def test_the_window_rate_counts_a_faster_scorer_and_leaves_out_the_idle_tail():
-    speeds = [0.78, 0.876]  # as measured: one scorer shares its core with the loop
+    speeds = [0.78, 0.876]  # unequal: one scorer shares its core with the loop
     true = sum(4 / s for s in speeds)
     completions = batches_taken_when_free(speeds, 16)
     span = sum(n for _, n in sorted(completions)[2:]) / (max(completions)[0] - sorted(completions)[1][0])

@@ -192,7 +192,8 @@ def _highpass_energy(d: torch.Tensor) -> torch.Tensor:
     residual keeps the fine detail the decoder cannot make.
 
     The 3×3 box is summed as rows then columns on a contiguous copy: `avg_pool2d` on the
-    decoder's channels-last output took 4× as long, about 3 % of a batch's scoring on a CPU."""
+    decoder's channels-last output took several times as long on a CPU (bench/highpass.py).
+    bench/profile_scoring.py shows where the rest of a batch's time goes."""
     padded = torch.nn.functional.pad(d.contiguous(), (1, 1, 1, 1), mode="replicate")
     rows = padded[..., :-2] + padded[..., 1:-1] + padded[..., 2:]
     smooth = (rows[..., :-2, :] + rows[..., 1:-1, :] + rows[..., 2:, :]) / 9.0

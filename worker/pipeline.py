@@ -75,7 +75,9 @@ class InFlight:
 
 
 def first_of(futures: list[Future]) -> Future | None:
-    """A future that is done when the first of `futures` is (None for none)."""
+    """A future that is done when the first of `futures` is (None for none). It adds a callback
+    to each of them, which stays until that one is done: make one per set of futures, not one
+    per wait."""
     if not futures:
         return None
     if len(futures) == 1:
@@ -144,6 +146,7 @@ class Worker:
         self._serial = batch.inflight == 1
         self._overlap = StoreOverlap(batch.store_beside)  # on a CPU: store beside the scoring, or between?
         self._max_inflight = batch.inflight * scoring.size
+        self._first: tuple[tuple[Future, ...], Future | None] | None = None  # what `_pending` waits on
         self._one_cpu_scorer = self._serial and scoring.size == 1
         metrics.batch_max_size.set(batch.max_size)
 
@@ -348,7 +351,10 @@ class Worker:
         if (head.finishing.done() if head.finishing is not None else head.scored is not None and head.scored.done()):
             return None
         futures = [head.finishing, *(b.scored for b in self._inflight)]
-        return first_of([f for f in futures if f is not None and not f.done()])
+        pending = tuple(f for f in futures if f is not None and not f.done())
+        if self._first is None or self._first[0] != pending:  # reused while nothing changes:
+            self._first = (pending, first_of(list(pending)))  # each one adds a callback to all
+        return self._first[1]
 
     def _maybe_reload(self) -> None:
         """A reload waits for the batches in flight to be committed; then the new watchlist

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 import time
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -121,8 +120,10 @@ class ScoringPool:
         self._prepare = prepare
         self._executors = list(executors) if executors is not None else None
         self._next = 0
-        self._queued = [0] * len(self.scorers)  # batches submitted to each scorer and not finished
-        self._lock = threading.Lock()  # the counts are lowered on the scorers' threads
+        # Each scorer's batches not finished yet, read by their futures' state: a count lowered
+        # in a done-callback would lag `done()` (callbacks run after waiters wake), and a batch
+        # could then queue behind a busy scorer while another is idle.
+        self._submitted: list[list[Future]] = [[] for _ in self.scorers]
 
     @property
     def size(self) -> int:
@@ -142,22 +143,16 @@ class ScoringPool:
         if self._executors is None:
             self.start()
         assert self._executors is not None
-        with self._lock:
-            k = min(range(self.size), key=lambda i: (self._queued[i], (i - self._next) % self.size))
-            self._queued[k] += 1
+        self._submitted = [[f for f in futures if not f.done()] for futures in self._submitted]
+        k = min(range(self.size), key=lambda i: (len(self._submitted[i]), (i - self._next) % self.size))
         self._next = (k + 1) % self.size
         future = self._executors[k].submit(self._run, self.scorers[k], list(items))
-        future.add_done_callback(lambda _: self._finished(k))
+        self._submitted[k].append(future)
         return future
-
-    def _finished(self, k: int) -> None:
-        with self._lock:
-            self._queued[k] -= 1
 
     def queued(self) -> tuple[int, ...]:
         """Batches submitted to each scorer and not finished yet."""
-        with self._lock:
-            return tuple(self._queued)
+        return tuple(sum(not f.done() for f in futures) for futures in self._submitted)
 
     def _run(self, scorer: Scorer, items: list[Work]) -> ScoredBatch:
         prepared = [w.prepared.result() if w.prepared is not None else self._prepare(w.message, scorer) for w in items]

@@ -319,6 +319,26 @@ def test_a_scorer_that_finishes_first_takes_the_next_batch_while_the_head_is_sti
     assert offsets == sorted(offsets) and offsets[-1] == 24
 
 
+def test_waiting_on_hung_scorers_adds_nothing_turn_after_turn(watchlist):
+    """While two scorers hang, each turn waits on the first of them to finish; the future it
+    waits on is made once, not once a turn (each one leaves a callback on every scoring)."""
+    images = random_images(8, 32, 32, seed=10)
+    first, second = ManualExecutor(), ManualExecutor()
+    r = rig(watchlist, {0: [event(f"e{i}", im) for i, im in enumerate(images)]}, scorers=[first, second],
+            max_size=4, max_buffered=8)
+    for _ in range(5):
+        r.worker.step()
+        r.clock.advance(0.1)
+    scorings = [b.scored for b in r.worker._inflight]
+    assert len(scorings) == 2 and not any(f.done() for f in scorings)
+    callbacks = [len(f._done_callbacks) for f in scorings]
+    for _ in range(200):
+        r.worker.step()
+    assert [len(f._done_callbacks) for f in scorings] == callbacks
+    first.run_all(), second.run_all()
+    r.step_until_committed(8, between=lambda: first.run_all() or second.run_all())
+
+
 def test_the_pool_gives_a_batch_to_the_least_busy_scorer(watchlist):
     first, second, third = ManualExecutor(), ManualExecutor(), ManualExecutor()
     pool = ScoringPool([watchlist] * 3, lambda m, s: None, executors=[first, second, third])

@@ -291,17 +291,23 @@ def test_serial_mode_leaves_the_model_alone_and_loses_nothing(watchlist, infligh
         assert max(pending_at_poll) > 0
 
 
+def two_scorers(watchlist, n: int, seed: int, turns: int) -> tuple[Rig, ManualExecutor, ManualExecutor]:
+    """A worker with two CPU scorers that run only when the test says, after `turns` turns of
+    the loop (each batch of 4 handed to a scorer by then)."""
+    first, second = ManualExecutor(), ManualExecutor()
+    r = rig(watchlist, {0: [event(f"e{i}", im) for i, im in enumerate(random_images(n, 32, 32, seed=seed))]},
+            scorers=[first, second], max_size=4, max_buffered=n)
+    for _ in range(turns):
+        r.worker.step()
+        r.clock.advance(0.1)
+    return r, first, second
+
+
 def test_a_scorer_that_finishes_first_takes_the_next_batch_while_the_head_is_still_scored(watchlist):
     """Two CPU scorers: while the oldest batch is still being scored, the other scorer's batch
     finishes, and that scorer starts the next batch at once (completion still waits for the
     head, so commits stay in order). At most two batches per scorer are held."""
-    images = random_images(24, 32, 32, seed=9)
-    first, second = ManualExecutor(), ManualExecutor()
-    r = rig(watchlist, {0: [event(f"e{i}", im) for i, im in enumerate(images)]}, scorers=[first, second],
-            max_size=4, max_buffered=24)
-    for _ in range(3):
-        r.worker.step()
-        r.clock.advance(0.1)
+    r, first, second = two_scorers(watchlist, 24, seed=9, turns=3)
     assert (len(first.pending), len(second.pending)) == (1, 1)  # one batch per scorer
     for _ in range(3):  # the head (on `first`) stays unscored; `second` finishes each batch it gets
         assert second.run_next()
@@ -322,13 +328,7 @@ def test_a_scorer_that_finishes_first_takes_the_next_batch_while_the_head_is_sti
 def test_waiting_on_hung_scorers_adds_nothing_turn_after_turn(watchlist):
     """While two scorers hang, each turn waits on the first of them to finish; the future it
     waits on is made once, not once a turn (each one leaves a callback on every scoring)."""
-    images = random_images(8, 32, 32, seed=10)
-    first, second = ManualExecutor(), ManualExecutor()
-    r = rig(watchlist, {0: [event(f"e{i}", im) for i, im in enumerate(images)]}, scorers=[first, second],
-            max_size=4, max_buffered=8)
-    for _ in range(5):
-        r.worker.step()
-        r.clock.advance(0.1)
+    r, first, second = two_scorers(watchlist, 8, seed=10, turns=5)
     scorings = [b.scored for b in r.worker._inflight]
     assert len(scorings) == 2 and not any(f.done() for f in scorings)
     callbacks = [len(f._done_callbacks) for f in scorings]

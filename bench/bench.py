@@ -42,6 +42,7 @@ import tempfile
 import time
 import tomllib
 import uuid
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
@@ -244,10 +245,8 @@ def steady_rate(rows: list[dict], concurrent: int | None = None) -> float:
     its completion time (`scored_at`). `concurrent` is the number of scorers side by side: by
     default one per usable core, the most that the worker's scorers or one-thread processes run
     at once here."""
-    batches: dict = {}
-    for r in rows:
-        batches[r["scored_at"]] = batches.get(r["scored_at"], 0) + 1
-    t0 = min(batches) if batches else None
+    batches = Counter(r["scored_at"] for r in rows)
+    t0 = min(batches, default=None)
     return window_rate([((t - t0).total_seconds(), n) for t, n in batches.items()], concurrent or usable_cores())
 
 
@@ -265,9 +264,9 @@ def window_rate(completions: list[tuple[float, int]], concurrent: int) -> float:
       to another counts the scorers' batches in turns and credits the slower one's pace to all;
     - the rounds start where they are tightest (scorers in step complete close together), so
       that the line's ends cut no round in two whatever the scorers' phase.
-    tests/unit/test_bench_reports.py simulates scorers to bound its error (2 % at 12 batches of
-    2 scorers, 1 % at 16). With fewer than two whole rounds in between, it is the span from the
-    first round's last completion to the last completion."""
+    tests/unit/test_bench_reports.py simulates scorers to bound its error from `MIN_BATCHES`
+    batches on. With fewer than two whole rounds in between, it is the span from the first
+    round's last completion to the last completion."""
     times = sorted(completions)
     if len(times) < 2:
         raise ValueError("a rate needs at least two batch completions")
@@ -546,7 +545,7 @@ def interleaved(workdir: Path, name: str, images, worker_batch: int, repeats: in
 
 
 MODEL_COUNTS = (1, 2, 4, 8)
-MIN_BATCHES = 16  # per run: `window_rate` is within 1 % of the truth from 16 batches of 2 scorers
+MIN_BATCHES = 16  # per run: where the tests bound `window_rate`'s error (test_bench_reports.py)
 
 
 def watch_sets(first: str, counts) -> dict[int, list[str]]:
@@ -605,15 +604,18 @@ def by_models(workdir: Path, sets: dict[int, list[str]], images, worker_batch: i
         for k, names in sets.items():
             subset = images[: runs[k]["images"]]
             log(f"round {i + 1}/{repeats}: {k} model(s), {len(subset)} images …")
-            for side in (("pure", "e2e") if i % 2 == 0 else ("e2e", "pure")):
-                if side == "pure":
-                    runs[k]["pure"].append(pure_watchlist([loaded[n] for n in names], subset, worker_batch, budget))
-                    continue
+
+            def pure() -> None:
+                runs[k]["pure"].append(pure_watchlist([loaded[n] for n in names], subset, worker_batch, budget))
+
+            def e2e() -> None:
                 stack = Stack(workdir / f"models-{k}-{i}")
                 try:
                     runs[k]["e2e"].append(e2e_throughput(stack, subset, names, worker_batch))
                 finally:
                     stack.close()
+            for side in ((pure, e2e) if i % 2 == 0 else (e2e, pure)):
+                side()
     for k, v in runs.items():
         v["models"] = sets[k]
         v["e2e_over_pure"] = float(np.median(v["e2e"]) / np.median(v["pure"]))

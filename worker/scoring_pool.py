@@ -143,16 +143,17 @@ class ScoringPool:
         if self._executors is None:
             self.start()
         assert self._executors is not None
-        self._submitted = [[f for f in futures if not f.done()] for futures in self._submitted]
-        k = min(range(self.size), key=lambda i: (len(self._submitted[i]), (i - self._next) % self.size))
+        queued = self.queued()
+        k = min(range(self.size), key=lambda i: (queued[i], (i - self._next) % self.size))
         self._next = (k + 1) % self.size
         future = self._executors[k].submit(self._run, self.scorers[k], list(items))
         self._submitted[k].append(future)
         return future
 
     def queued(self) -> tuple[int, ...]:
-        """Batches submitted to each scorer and not finished yet."""
-        return tuple(sum(not f.done() for f in futures) for futures in self._submitted)
+        """Batches submitted to each scorer and not finished yet (the finished ones are let go)."""
+        self._submitted = [[f for f in futures if not f.done()] for futures in self._submitted]
+        return tuple(len(futures) for futures in self._submitted)
 
     def _run(self, scorer: Scorer, items: list[Work]) -> ScoredBatch:
         prepared = [w.prepared.result() if w.prepared is not None else self._prepare(w.message, scorer) for w in items]

@@ -176,14 +176,14 @@ def batches_taken_when_free(seconds_per_batch: list[float], batches: int, start=
 @pytest.mark.parametrize("start", [[0.0, 0.01], [0.0, 0.5], [0.0, 0.7], [0.0, 0.9], [0.0, 0.3, 0.6]])
 def test_the_window_rate_of_equal_scorers_holds_whatever_their_phase(start):
     scorers = len(start)
-    completions = batches_taken_when_free([1.0] * scorers, 16, start)
+    completions = batches_taken_when_free([1.0] * scorers, bench.MIN_BATCHES, start)
     assert bench.window_rate(completions, scorers) == pytest.approx(4.0 * scorers, rel=0.015)
 
 
 def test_the_window_rate_counts_a_faster_scorer_and_leaves_out_the_idle_tail():
     speeds = [0.78, 0.876]  # unequal: one scorer shares its core with the loop
     true = sum(4 / s for s in speeds)
-    completions = batches_taken_when_free(speeds, 16)
+    completions = batches_taken_when_free(speeds, bench.MIN_BATCHES)
     span = sum(n for _, n in sorted(completions)[2:]) / (max(completions)[0] - sorted(completions)[1][0])
     rate = bench.window_rate(completions, 2)
     assert rate == pytest.approx(true, rel=0.02)
